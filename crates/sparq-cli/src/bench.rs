@@ -1,0 +1,124 @@
+//! `sparq bench`: throughput benchmarks that print a table (medians of several runs).
+
+use std::time::Instant;
+
+use serde_json::json;
+use sparq_attention::AttentionMethod;
+
+use crate::{load_model, parse_methods, ModelArgs};
+
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Prefill and decode throughput of a model (tokens per second).
+    Model(BenchModelArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchModelArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length in tokens.
+    #[arg(long, default_value_t = 1600)]
+    prompt_tokens: usize,
+    /// Decode steps per branch.
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Branches decoded together as one batch.
+    #[arg(long, default_value_t = 1)]
+    branches: usize,
+    /// Attention method of every branch.
+    #[arg(long, default_value = "dense")]
+    method: String,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Model(args) => bench_model(args),
+    }
+}
+
+fn bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.branches >= 1, "--branches must be at least 1");
+    anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    anyhow::ensure!(args.prompt_tokens >= 1, "--prompt-tokens must be at least 1");
+    let spec = parse_methods(std::slice::from_ref(&args.method))?.remove(0);
+    let loaded = load_model(&args.model)?;
+    let model = &loaded.model;
+    let shape = model.shape();
+    spec.validate(&shape)
+        .map_err(|e| anyhow::anyhow!("--method {}: {e}", args.method))?;
+    let max_pos = model.config().max_position_embeddings;
+    anyhow::ensure!(
+        args.prompt_tokens + args.new_tokens <= max_pos,
+        "--prompt-tokens + --new-tokens must fit in the model's {max_pos} positions"
+    );
+    // A fixed pseudo-random prompt: throughput does not depend on the text.
+    let vocab = model.config().vocab_size as u64;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let prompt: Vec<u32> = (0..args.prompt_tokens)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % vocab) as u32
+        })
+        .collect();
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for _ in 0..args.repeats {
+        let t0 = Instant::now();
+        let cache = model.prefill(&prompt, spec.needs_prompt_mass())?;
+        prefill.push(args.prompt_tokens as f64 / t0.elapsed().as_secs_f64());
+        let methods: Vec<Box<dyn AttentionMethod>> = (0..args.branches)
+            .map(|_| spec.build(&shape, prompt.len()))
+            .collect::<Result<_, _>>()?;
+        let mut branches = methods
+            .into_iter()
+            .map(|m| model.branch(&cache, m, args.new_tokens))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = sparq_runner::kernels::argmax(&cache.last_logits) as u32;
+        let mut inputs = vec![first; args.branches];
+        let vocab = vocab as usize;
+        let t1 = Instant::now();
+        for _ in 0..args.new_tokens {
+            let logits = model.decode_step(&cache, &mut branches, &inputs)?;
+            for (inp, row) in inputs.iter_mut().zip(logits.chunks(vocab)) {
+                *inp = sparq_runner::kernels::argmax(row) as u32;
+            }
+        }
+        decode.push((args.branches * args.new_tokens) as f64 / t1.elapsed().as_secs_f64());
+    }
+    let (p, d) = (median(prefill), median(decode));
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "model": loaded.name, "prompt_tokens": args.prompt_tokens,
+                "new_tokens": args.new_tokens, "branches": args.branches,
+                "method": spec.to_string(), "dtype": format!("{:?}", args.model.dtype).to_lowercase(),
+                "prefill_tokens_per_s": p, "decode_tokens_per_s": d,
+            })
+        );
+    } else {
+        println!("| model | dtype | method | prompt tokens | new tokens | branches | prefill tok/s | decode tok/s |");
+        println!("|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {} | {:?} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            loaded.name, args.model.dtype, spec, args.prompt_tokens, args.new_tokens, args.branches, p, d
+        );
+    }
+    Ok(())
+}

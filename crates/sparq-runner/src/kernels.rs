@@ -1,0 +1,224 @@
+//! CPU kernels for the decode path, where a step multiplies a handful of rows (one per
+//! branch) by every weight matrix. Reading the weights is the whole cost, so each
+//! weight row is read once and used for all branches, and rows are split across
+//! threads. Everything is plain `f32`/`bf16` slices.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Weight rows handed to one rayon task: large enough to amortise scheduling, small
+/// enough to balance two to dozens of threads.
+const ROWS_PER_TASK: usize = 64;
+
+/// A weight matrix `[out, in]` (row-major, as in the checkpoints).
+#[derive(Clone, Copy)]
+pub enum WeightRows<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+/// `out[b, o] = sum_i x[b, i] * w[o, i]` for `m` rows of `x` (`m x k`), `w` `n x k`,
+/// `out` `m x n`.
+pub fn linear(x: &[f32], m: usize, w: WeightRows<'_>, n: usize, out: &mut [f32]) {
+    let k = x.len() / m;
+    assert_eq!(x.len(), m * k);
+    assert_eq!(out.len(), m * n);
+    // Work on the output transposed (`n x m`) so that each task owns contiguous rows.
+    let mut out_t = vec![0.0f32; n * m];
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let first = task * ROWS_PER_TASK;
+            for (j, dst) in chunk.chunks_mut(m).enumerate() {
+                let o = first + j;
+                match w {
+                    WeightRows::F32(w) => dot_rows_f32(&w[o * k..(o + 1) * k], x, k, dst),
+                    WeightRows::Bf16(w) => dot_rows_bf16(&w[o * k..(o + 1) * k], x, k, dst),
+                }
+            }
+        });
+    for o in 0..n {
+        for b in 0..m {
+            out[b * n + o] = out_t[o * m + b];
+        }
+    }
+}
+
+/// Lanes of independent accumulators: lets the compiler keep a full vector register of
+/// partial sums per branch without reassociating floating-point additions itself.
+const LANES: usize = 8;
+
+/// `dst[b] = w . x[b]` for every row `b` of `x`.
+fn dot_rows_f32(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features the function is compiled for were just detected.
+            unsafe { dot_rows_f32_avx2(w, x, k, dst) };
+            return;
+        }
+    }
+    dot_rows_f32_generic(w, x, k, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_f32_avx2(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
+    dot_rows_f32_generic(w, x, k, dst)
+}
+
+#[inline(always)]
+fn dot_rows_f32_generic(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
+    for (b, d) in dst.iter_mut().enumerate() {
+        let xb = &x[b * k..(b + 1) * k];
+        let mut acc = [0.0f32; LANES];
+        let wc = w.chunks_exact(LANES);
+        let xc = xb.chunks_exact(LANES);
+        let (wr, xr) = (wc.remainder(), xc.remainder());
+        for (wl, xl) in wc.zip(xc) {
+            for l in 0..LANES {
+                acc[l] = wl[l].mul_add(xl[l], acc[l]);
+            }
+        }
+        let mut s: f32 = acc.iter().sum();
+        for (a, b) in wr.iter().zip(xr) {
+            s += a * b;
+        }
+        *d = s;
+    }
+}
+
+fn dot_rows_bf16(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features the function is compiled for were just detected.
+            unsafe { dot_rows_bf16_avx2(w, x, k, dst) };
+            return;
+        }
+    }
+    dot_rows_bf16_generic(w, x, k, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_bf16_avx2(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
+    dot_rows_bf16_generic(w, x, k, dst)
+}
+
+#[inline(always)]
+fn dot_rows_bf16_generic(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
+    // Widen the row once (bf16 -> f32 is a shift), then reuse it for every branch.
+    let mut wf = [0.0f32; 4096];
+    let mut start = 0;
+    let mut partial = [0.0f32; 64];
+    assert!(dst.len() <= partial.len());
+    while start < k {
+        let len = (k - start).min(wf.len());
+        for (d, s) in wf[..len].iter_mut().zip(&w[start..start + len]) {
+            *d = f32::from_bits((s.to_bits() as u32) << 16);
+        }
+        for (b, p) in partial[..dst.len()].iter_mut().enumerate() {
+            let xb = &x[b * k + start..b * k + start + len];
+            let mut acc = [0.0f32; LANES];
+            let wc = wf[..len].chunks_exact(LANES);
+            let xc = xb.chunks_exact(LANES);
+            let (wr, xr) = (wc.remainder(), xc.remainder());
+            for (wl, xl) in wc.zip(xc) {
+                for l in 0..LANES {
+                    acc[l] = wl[l].mul_add(xl[l], acc[l]);
+                }
+            }
+            let mut s: f32 = acc.iter().sum();
+            for (a, b) in wr.iter().zip(xr) {
+                s += a * b;
+            }
+            *p += s;
+        }
+        start += len;
+    }
+    dst.copy_from_slice(&partial[..dst.len()]);
+}
+
+/// In-place RMS normalisation of each `weight.len()`-long row of `x`.
+pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
+    for row in x.chunks_mut(weight.len()) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for (v, w) in row.iter_mut().zip(weight) {
+            *v = *v * scale * w;
+        }
+    }
+}
+
+/// `gate <- silu(gate) * up`, elementwise.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Index of the largest value (the first one on ties, as `torch.argmax`).
+pub fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in xs.iter().enumerate() {
+        if v > xs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// `log_softmax(xs)[target]`, computed in f64 so long sums of NLL stay exact.
+pub fn log_prob(xs: &[f32], target: usize) -> f64 {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = xs.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    xs[target] as f64 - lse
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<f32> {
+        let k = x.len() / m;
+        let mut out = vec![0.0; m * n];
+        for b in 0..m {
+            for o in 0..n {
+                out[b * n + o] = (0..k).map(|i| x[b * k + i] as f64 * w[o * k + i] as f64).sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn linear_matches_naive_for_odd_shapes() {
+        for &(m, k, n) in &[(1, 576, 130), (3, 77, 5), (8, 1536, 65), (2, 9, 200)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0).collect();
+            let mut out = vec![0.0; m * n];
+            linear(&x, m, WeightRows::F32(&w), n, &mut out);
+            let expect = naive(&x, m, &w, n);
+            for (a, b) in out.iter().zip(&expect) {
+                assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b} for {m}x{k}x{n}");
+            }
+            // bf16 weights give the product of the rounded weights.
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let wr: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+            linear(&x, m, WeightRows::Bf16(&wb), n, &mut out);
+            let expect = naive(&x, m, &wr, n);
+            for (a, b) in out.iter().zip(&expect) {
+                assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "bf16 {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn argmax_takes_first_of_ties_and_log_prob_normalises() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+        let xs = [0.5f32, -1.0, 2.0];
+        let total: f64 = (0..3).map(|i| log_prob(&xs, i).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-12);
+    }
+}

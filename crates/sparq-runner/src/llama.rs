@@ -1,0 +1,480 @@
+//! The Llama family (Llama 2 and 3, Mistral, SmolLM2): dense causal prefill of a whole
+//! prompt, and a batched decode step in which every branch attends through its own
+//! `sparq_attention` method. Weight names mirror the Hugging Face checkpoints.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Storage, Tensor, D};
+use rayon::prelude::*;
+use sparq_attention::{AttentionMethod, HeadKv, HeadState, KvView, ModelShape};
+
+use crate::config::LlamaConfig;
+use crate::error::{Result, RunnerError};
+use crate::kernels::{self, WeightRows};
+use crate::rope::Rope;
+use crate::weights::LoadedWeights;
+
+/// Numeric format of the large weight matrices. Activations, norms and the KV cache
+/// are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightDtype {
+    #[default]
+    F32,
+    /// Half the bytes to read per decode step; outputs move slightly (see BENCHMARKS.md).
+    Bf16,
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("unknown dtype `{s}` (expected f32 or bf16)")),
+        }
+    }
+}
+
+/// Query rows per block in prefill attention: later blocks see more keys, and no block
+/// computes scores for keys after its last query.
+const PREFILL_BLOCK: usize = 256;
+
+/// A weight matrix `[out, in]`, kept as a candle tensor (for prefill matmuls) whose
+/// storage the decode kernels read directly.
+struct Linear {
+    weight: Tensor,
+    out_dim: usize,
+}
+
+impl Linear {
+    fn new(weight: Tensor, dtype: WeightDtype) -> Result<Self> {
+        let out_dim = weight.dim(0)?;
+        let weight = match dtype {
+            WeightDtype::F32 => weight.to_dtype(DType::F32)?,
+            WeightDtype::Bf16 => weight.to_dtype(DType::BF16)?,
+        }
+        .contiguous()?;
+        Ok(Self { weight, out_dim })
+    }
+
+    /// Many rows at once (prefill): `x` is `[n, in]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = if self.weight.dtype() == DType::F32 {
+            self.weight.clone()
+        } else {
+            self.weight.to_dtype(DType::F32)?
+        };
+        Ok(x.matmul(&w.t()?)?)
+    }
+
+    /// A few rows (decode): `x` is `m x in`.
+    fn forward_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * self.out_dim];
+        let (storage, layout) = self.weight.storage_and_layout();
+        let start = layout.start_offset();
+        let n = self.weight.elem_count();
+        let rows = match &*storage {
+            Storage::Cpu(candle_core::CpuStorage::F32(v)) => WeightRows::F32(&v[start..start + n]),
+            Storage::Cpu(candle_core::CpuStorage::BF16(v)) => {
+                WeightRows::Bf16(&v[start..start + n])
+            }
+            _ => unreachable!("weights are f32 or bf16 on the CPU by construction"),
+        };
+        kernels::linear(x, m, rows, self.out_dim, &mut out);
+        out
+    }
+}
+
+struct Layer {
+    input_norm: Vec<f32>,
+    post_attention_norm: Vec<f32>,
+    /// q, k and v projections stacked: one pass over the input per step.
+    qkv: Linear,
+    o: Linear,
+    /// gate and up projections stacked.
+    gate_up: Linear,
+    down: Linear,
+}
+
+pub struct Llama {
+    config: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Linear,
+    rope: Rope,
+}
+
+/// The prompt's cache after prefill, shared read-only by every branch.
+pub struct PromptCache {
+    pub tokens: Vec<u32>,
+    /// `[layer][kv_head]`.
+    pub kv: Vec<Vec<HeadKv>>,
+    /// `[layer][kv_head][position]`: attention weight each prompt position received
+    /// from all prompt queries, averaged over the group (for H2O).
+    pub mass: Option<Vec<Vec<Vec<f32>>>>,
+    /// Logits of the last prompt position.
+    pub last_logits: Vec<f32>,
+}
+
+impl PromptCache {
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// One decoding branch: its attention method, its own generated positions' cache and
+/// its method's state, for every layer and KV head.
+pub struct Branch {
+    pub method: Box<dyn AttentionMethod>,
+    /// `layer * kv_heads + kv_head`.
+    generated: Vec<HeadKv>,
+    states: Vec<HeadState>,
+    /// Elements moved, summed over steps, layers and KV heads.
+    pub elements_moved: u64,
+    /// Decode steps taken.
+    pub steps: u64,
+}
+
+impl Branch {
+    /// Number of positions this branch has added after the prompt.
+    pub fn generated_len(&self) -> usize {
+        self.generated.first().map_or(0, |g| g.len())
+    }
+}
+
+fn f32_vec(t: Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl Llama {
+    pub fn new(mut w: LoadedWeights, dtype: WeightDtype, origin: &Path) -> Result<Self> {
+        let c = w.config.clone();
+        let (h, d) = (c.hidden_size, c.head_dim);
+        let (q_dim, kv_dim) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+        let embed = w.take("model.embed_tokens.weight", &[c.vocab_size, h], origin)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let q = w.take(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, h], origin)?;
+            let k = w.take(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, h], origin)?;
+            let v = w.take(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, h], origin)?;
+            let o = w.take(&format!("{p}.self_attn.o_proj.weight"), &[h, q_dim], origin)?;
+            let i_dim = c.intermediate_size;
+            let gate = w.take(&format!("{p}.mlp.gate_proj.weight"), &[i_dim, h], origin)?;
+            let up = w.take(&format!("{p}.mlp.up_proj.weight"), &[i_dim, h], origin)?;
+            let down = w.take(&format!("{p}.mlp.down_proj.weight"), &[h, i_dim], origin)?;
+            let input_norm = w.take(&format!("{p}.input_layernorm.weight"), &[h], origin)?;
+            let post_norm = w.take(&format!("{p}.post_attention_layernorm.weight"), &[h], origin)?;
+            layers.push(Layer {
+                input_norm: f32_vec(input_norm)?,
+                post_attention_norm: f32_vec(post_norm)?,
+                qkv: Linear::new(Tensor::cat(&[q, k, v], 0)?, dtype)?,
+                o: Linear::new(o, dtype)?,
+                gate_up: Linear::new(Tensor::cat(&[gate, up], 0)?, dtype)?,
+                down: Linear::new(down, dtype)?,
+            });
+        }
+        let norm = f32_vec(w.take("model.norm.weight", &[h], origin)?)?;
+        let lm_head = if c.tie_word_embeddings || !w.tensors.contains_key("lm_head.weight") {
+            embed.clone()
+        } else {
+            w.take("lm_head.weight", &[c.vocab_size, h], origin)?
+        };
+        let rope = Rope::new(&c, w.rope_freqs.as_deref());
+        Ok(Self {
+            lm_head: Linear::new(lm_head, dtype)?,
+            embed: embed.to_dtype(DType::F32)?,
+            layers,
+            norm,
+            rope,
+            config: c,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn shape(&self) -> ModelShape {
+        ModelShape {
+            head_dim: self.config.head_dim,
+            group: self.config.group_size(),
+            kv_heads: self.config.num_key_value_heads,
+            layers: self.config.num_hidden_layers,
+        }
+    }
+
+    /// Dense causal prefill of `tokens`; keeps the KV cache and, when `with_mass`, the
+    /// attention mass each position received (H2O's initial scores).
+    pub fn prefill(&self, tokens: &[u32], with_mass: bool) -> Result<PromptCache> {
+        let c = &self.config;
+        let s = tokens.len();
+        if s == 0 {
+            return Err(RunnerError::Invalid("the prompt has no tokens".into()));
+        }
+        if s > self.rope.max_positions() {
+            return Err(RunnerError::Invalid(format!(
+                "the prompt has {s} tokens; the model has {} positions",
+                self.rope.max_positions()
+            )));
+        }
+        let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let g = nh / nkv;
+        let dev = Device::Cpu;
+        let ids = Tensor::new(tokens, &dev)?;
+        // 1. token embeddings
+        let mut x = self.embed.index_select(&ids, 0)?;
+        let (cos, sin) = self.rope.tables(s);
+        let cos = Tensor::from_slice(cos, (s, d / 2), &dev)?;
+        let sin = Tensor::from_slice(sin, (s, d / 2), &dev)?;
+        let mut kv = Vec::with_capacity(c.num_hidden_layers);
+        let mut mass_all = with_mass.then(Vec::new);
+        for layer in &self.layers {
+            // 2. attention block: norm, projections, rotary embedding
+            let hn = rms_norm_rows(&x, &layer.input_norm, c.rms_norm_eps)?;
+            let qkv = layer.qkv.forward(&hn)?;
+            let heads = |start: usize, n: usize| -> Result<Tensor> {
+                Ok(qkv
+                    .narrow(1, start * d, n * d)?
+                    .reshape((s, n, d))?
+                    .transpose(0, 1)?
+                    .contiguous()?)
+            };
+            let q = candle_nn::rotary_emb::rope(&heads(0, nh)?.unsqueeze(0)?, &cos, &sin)?
+                .squeeze(0)?;
+            let k = candle_nn::rotary_emb::rope(&heads(nh, nkv)?.unsqueeze(0)?, &cos, &sin)?
+                .squeeze(0)?;
+            let v = heads(nh + nkv, nkv)?;
+            // 3. causal attention, block by block
+            let (attn, mass) = causal_attention(&q, &k, &v, g, with_mass)?;
+            let attn = attn.transpose(0, 1)?.reshape((s, nh * d))?;
+            x = (x + layer.o.forward(&attn)?)?;
+            // 4. MLP block
+            let hn = rms_norm_rows(&x, &layer.post_attention_norm, c.rms_norm_eps)?;
+            let gu = layer.gate_up.forward(&hn)?;
+            let i_dim = c.intermediate_size;
+            let act = (candle_nn::ops::silu(&gu.narrow(1, 0, i_dim)?)? * gu.narrow(1, i_dim, i_dim)?)?;
+            x = (x + layer.down.forward(&act)?)?;
+            // 5. keep this layer's cache
+            let k_rows = k.to_vec3::<f32>()?;
+            let v_rows = v.to_vec3::<f32>()?;
+            kv.push(
+                k_rows
+                    .iter()
+                    .zip(&v_rows)
+                    .map(|(kh, vh)| HeadKv::from_rows(d, &kh.concat(), &vh.concat()))
+                    .collect(),
+            );
+            if let (Some(all), Some(m)) = (mass_all.as_mut(), mass) {
+                all.push(m);
+            }
+        }
+        // 6. final norm and output head, for the last position only
+        let mut last = x.get(s - 1)?.to_vec1::<f32>()?;
+        kernels::rms_norm(&mut last, &self.norm, c.rms_norm_eps as f32);
+        let last_logits = self.lm_head.forward_rows(&last, 1);
+        Ok(PromptCache {
+            tokens: tokens.to_vec(),
+            kv,
+            mass: mass_all,
+            last_logits,
+        })
+    }
+
+    /// A new branch over `prompt` that will add at most `capacity` positions.
+    pub fn branch(
+        &self,
+        prompt: &PromptCache,
+        method: Box<dyn AttentionMethod>,
+        capacity: usize,
+    ) -> Result<Branch> {
+        let c = &self.config;
+        let (layers, nkv) = (c.num_hidden_layers, c.num_key_value_heads);
+        if method.needs_prompt_mass() && prompt.mass.is_none() {
+            return Err(RunnerError::Invalid(format!(
+                "method `{}` needs the prompt's attention mass; prefill with it",
+                method.describe()
+            )));
+        }
+        let mut states = Vec::with_capacity(layers * nkv);
+        for l in 0..layers {
+            for h in 0..nkv {
+                let mass = prompt.mass.as_ref().map(|m| m[l][h].as_slice());
+                states.push(method.init_state(prompt.len(), mass.filter(|_| method.needs_prompt_mass())));
+            }
+        }
+        Ok(Branch {
+            method,
+            generated: vec![HeadKv::with_capacity(c.head_dim, capacity); layers * nkv],
+            states,
+            elements_moved: 0,
+            steps: 0,
+        })
+    }
+
+    /// Feeds one token per branch (all branches one batch) and returns the logits,
+    /// `branches.len() x vocab`.
+    pub fn decode_step(
+        &self,
+        prompt: &PromptCache,
+        branches: &mut [Branch],
+        inputs: &[u32],
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let m = branches.len();
+        assert_eq!(inputs.len(), m, "one input token per branch");
+        let (h, nh, nkv, d) = (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+        );
+        let g = nh / nkv;
+        for (b, &t) in inputs.iter().enumerate() {
+            if t as usize >= c.vocab_size {
+                return Err(RunnerError::Invalid(format!(
+                    "token id {t} of branch {b} is outside the vocabulary ({})",
+                    c.vocab_size
+                )));
+            }
+        }
+        let positions: Vec<usize> = branches
+            .iter()
+            .map(|br| prompt.len() + br.generated_len())
+            .collect();
+        if let Some(&p) = positions.iter().max() {
+            if p >= self.rope.max_positions() {
+                return Err(RunnerError::Invalid(format!(
+                    "position {p} is beyond the model's {} positions",
+                    self.rope.max_positions()
+                )));
+            }
+        }
+        // 1. token embeddings
+        let ids = Tensor::new(inputs, &Device::Cpu)?;
+        let mut x = self.embed.index_select(&ids, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        let qkv_dim = (nh + 2 * nkv) * d;
+        for (l, layer) in self.layers.iter().enumerate() {
+            // 2. norm, projections and rotary embedding; the new key and value join
+            //    each branch's own cache before attention
+            let mut hn = x.clone();
+            kernels::rms_norm(&mut hn, &layer.input_norm, c.rms_norm_eps as f32);
+            let mut qkv = layer.qkv.forward_rows(&hn, m);
+            for (b, row) in qkv.chunks_mut(qkv_dim).enumerate() {
+                let (q, kv_part) = row.split_at_mut(nh * d);
+                let (k, v) = kv_part.split_at_mut(nkv * d);
+                self.rope.apply(q, positions[b]);
+                self.rope.apply(k, positions[b]);
+                for kvh in 0..nkv {
+                    branches[b].generated[l * nkv + kvh]
+                        .push(&k[kvh * d..(kvh + 1) * d], &v[kvh * d..(kvh + 1) * d]);
+                }
+            }
+            // 3. attention through each branch's method, all (branch, KV head) pairs
+            //    in parallel
+            let mut attn = vec![0.0f32; m * nh * d];
+            let mut jobs = Vec::with_capacity(m * nkv);
+            for ((branch, out), row) in branches
+                .iter_mut()
+                .zip(attn.chunks_mut(nh * d))
+                .zip(qkv.chunks(qkv_dim))
+            {
+                let method: &dyn AttentionMethod = branch.method.as_ref();
+                let states = &mut branch.states[l * nkv..(l + 1) * nkv];
+                let generated = &branch.generated[l * nkv..(l + 1) * nkv];
+                for (kvh, ((state, gen), out_g)) in states
+                    .iter_mut()
+                    .zip(generated)
+                    .zip(out.chunks_mut(g * d))
+                    .enumerate()
+                {
+                    let q = &row[kvh * g * d..(kvh + 1) * g * d];
+                    jobs.push((method, state, KvView::new(&prompt.kv[l][kvh], gen), q, out_g));
+                }
+            }
+            let moved: Vec<u64> = jobs
+                .into_par_iter()
+                .map(|(method, state, view, q, out)| method.attend(state, q, &view, out))
+                .collect();
+            for (b, chunk) in moved.chunks(nkv).enumerate() {
+                branches[b].elements_moved += chunk.iter().sum::<u64>();
+            }
+            let o = layer.o.forward_rows(&attn, m);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            // 4. MLP block
+            let mut hn = x.clone();
+            kernels::rms_norm(&mut hn, &layer.post_attention_norm, c.rms_norm_eps as f32);
+            let gu = layer.gate_up.forward_rows(&hn, m);
+            let i_dim = c.intermediate_size;
+            let mut act = vec![0.0f32; m * i_dim];
+            for (b, row) in gu.chunks(2 * i_dim).enumerate() {
+                let dst = &mut act[b * i_dim..(b + 1) * i_dim];
+                dst.copy_from_slice(&row[..i_dim]);
+                kernels::silu_mul(dst, &row[i_dim..]);
+            }
+            let down = layer.down.forward_rows(&act, m);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        for br in branches.iter_mut() {
+            br.steps += 1;
+        }
+        // 5. final norm and output head
+        kernels::rms_norm(&mut x, &self.norm, c.rms_norm_eps as f32);
+        debug_assert_eq!(x.len(), m * h);
+        Ok(self.lm_head.forward_rows(&x, m))
+    }
+}
+
+/// RMS norm of every row of a `[n, hidden]` tensor, as transformers computes it in f32.
+fn rms_norm_rows(x: &Tensor, weight: &[f32], eps: f64) -> Result<Tensor> {
+    let w = Tensor::from_slice(weight, weight.len(), x.device())?;
+    Ok(candle_nn::ops::rms_norm(x, &w, eps as f32)?)
+}
+
+/// Causal attention of `q` (`[nh, s, d]`) over `k`, `v` (`[nkv, s, d]`), with `g` query
+/// heads per KV head. Queries go in blocks; a block only scores the keys up to its last
+/// query. Returns the output `[nh, s, d]` and, when asked, the attention mass each
+/// position received from all queries (`[nkv][s]`, averaged over each group).
+fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: usize,
+    with_mass: bool,
+) -> Result<(Tensor, Option<Vec<Vec<f32>>>)> {
+    let (nh, s, d) = q.dims3()?;
+    let nkv = nh / g;
+    let scale = 1.0 / (d as f64).sqrt();
+    let dev = q.device();
+    let grouped = q.reshape((nkv, g, s, d))?;
+    let mut outs = Vec::new();
+    let mut mass = with_mass.then(|| vec![vec![0.0f32; s]; nkv]);
+    let mut start = 0;
+    while start < s {
+        let len = PREFILL_BLOCK.min(s - start);
+        let end = start + len;
+        let qb = grouped.narrow(2, start, len)?.contiguous()?.reshape((nkv, g * len, d))?;
+        let kb = k.narrow(1, 0, end)?;
+        let vb = v.narrow(1, 0, end)?;
+        let scores = (qb.matmul(&kb.t()?)? * scale)?.reshape((nkv, g, len, end))?;
+        let mask: Vec<f32> = (0..len)
+            .flat_map(|i| (0..end).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, 1, len, end), dev)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        if let Some(mass) = mass.as_mut() {
+            let received = (probs.sum(D::Minus2)?.sum(1)? / g as f64)?.to_vec2::<f32>()?;
+            for (acc, r) in mass.iter_mut().zip(received) {
+                acc[..end].iter_mut().zip(r).for_each(|(a, b)| *a += b);
+            }
+        }
+        let out = probs.reshape((nkv, g * len, end))?.matmul(&vb.contiguous()?)?;
+        outs.push(out.reshape((nh, len, d))?);
+        start = end;
+    }
+    Ok((Tensor::cat(&outs, 1)?, mass))
+}
