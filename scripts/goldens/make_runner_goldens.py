@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata as md
+import inspect
 import json
 import os
 import platform
@@ -48,7 +49,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -103,6 +104,10 @@ PROMPTS: list[tuple[str, str]] = [
     ("leading_space", " leading space, and a trailing one "),
     ("crlf_and_trailing_newline", "line one\r\nline two\r\n\r\nline four\n"),
     ("single_char", "A"),
+    (
+        "chat_answered_eos_next",
+        "<|im_start|>user\nReply with one word: is water wet?<|im_end|>\n<|im_start|>assistant\nYes.",
+    ),
     ("long_paragraph", LONG_PARAGRAPH),
 ]
 
@@ -146,12 +151,20 @@ def digit_split_tokenizer(tok):
     return t
 
 
+# transformers >= 5.2x names the KV-cache argument/output `cache` (was `past_key_values`).
+CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return out.cache if CACHE_KW == "cache" else out.past_key_values
+
+
 @torch.inference_mode()
 def greedy(model, ids: list[int], n_new: int):
     """Prefill once, then feed one token at a time with the KV cache. Never stops early."""
     x = torch.tensor([ids], dtype=torch.long)
     out = model(input_ids=x, use_cache=True)
-    past = out.past_key_values
+    past = _cache_of(out)
     logits = out.logits[0, -1].float()
     top = torch.topk(logits, 5)
     top5 = [[int(i), float(v)] for v, i in zip(top.values.tolist(), top.indices.tolist())]
@@ -164,8 +177,8 @@ def greedy(model, ids: list[int], n_new: int):
         margins.append(round(float(t2.values[0] - t2.values[1]), 5))
         if step + 1 == n_new:
             break
-        out = model(input_ids=torch.tensor([[nxt]], dtype=torch.long), past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=torch.tensor([[nxt]], dtype=torch.long), use_cache=True, **{CACHE_KW: past})
+        past = _cache_of(out)
         logits = out.logits[0, -1].float()
     return top5, tokens, margins
 

@@ -52,7 +52,11 @@ impl HeadKv {
     /// Appends one position. Panics when full: capacity is fixed by the caller,
     /// who knows the number of tokens it will generate.
     pub fn push(&mut self, key: &[f32], value: &[f32]) {
-        assert!(self.len < self.capacity, "HeadKv is full ({} positions)", self.capacity);
+        assert!(
+            self.len < self.capacity,
+            "HeadKv is full ({} positions)",
+            self.capacity
+        );
         assert_eq!(key.len(), self.head_dim);
         assert_eq!(value.len(), self.head_dim);
         let p = self.len;
@@ -74,37 +78,46 @@ impl HeadKv {
         self.value_sum.fill(0.0);
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    #[inline]
     pub fn head_dim(&self) -> usize {
         self.head_dim
     }
+    #[inline]
     pub fn key(&self, p: usize) -> &[f32] {
         debug_assert!(p < self.len);
         &self.keys[p * self.head_dim..(p + 1) * self.head_dim]
     }
+    #[inline]
     pub fn value(&self, p: usize) -> &[f32] {
         debug_assert!(p < self.len);
         &self.values[p * self.head_dim..(p + 1) * self.head_dim]
     }
     /// Component `i` of the keys of all `len` positions (a contiguous row of the
     /// transposed copy).
+    #[inline]
     pub fn key_column(&self, i: usize) -> &[f32] {
         &self.keys_t[i * self.capacity..i * self.capacity + self.len]
     }
     /// All keys, `len x head_dim` row-major.
+    #[inline]
     pub fn keys(&self) -> &[f32] {
         &self.keys[..self.len * self.head_dim]
     }
     /// All values, `len x head_dim` row-major.
+    #[inline]
     pub fn values(&self) -> &[f32] {
         &self.values[..self.len * self.head_dim]
     }
     /// The sum of the values of all `len` positions.
+    #[inline]
     pub fn value_sum(&self) -> &[f64] {
         &self.value_sum
     }
@@ -130,19 +143,24 @@ impl<'a> KvView<'a> {
         Self { prompt, generated }
     }
     /// Total positions `S`, the current token included.
+    #[inline]
     pub fn len(&self) -> usize {
         self.prompt.len() + self.generated.len()
     }
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    #[inline]
     pub fn head_dim(&self) -> usize {
         self.prompt.head_dim()
     }
     /// The two parts in order with the logical position of their first entry.
+    #[inline]
     pub fn segments(&self) -> [(usize, &'a HeadKv); 2] {
         [(0, self.prompt), (self.prompt.len(), self.generated)]
     }
+    #[inline]
     pub fn key(&self, p: usize) -> &'a [f32] {
         let n = self.prompt.len();
         if p < n {
@@ -151,6 +169,7 @@ impl<'a> KvView<'a> {
             self.generated.key(p - n)
         }
     }
+    #[inline]
     pub fn value(&self, p: usize) -> &'a [f32] {
         let n = self.prompt.len();
         if p < n {

@@ -1,7 +1,7 @@
 //! Dense attention: the reference every method is measured against.
 
 use crate::cache::KvView;
-use crate::kernels::{self, with_scratch};
+use crate::kernels::{self, multiversion, with_scratch, Scratch};
 use crate::method::{AttentionMethod, HeadState, Trace};
 use crate::transfer::Budget;
 
@@ -23,9 +23,15 @@ impl AttentionMethod for Dense {
         trace: Option<&mut Trace>,
     ) -> u64 {
         check_shapes(q, kv, out);
-        with_scratch(|sc| kernels::dense(q, kv, out, sc));
+        with_scratch(|sc| compute(q, kv, out, sc));
         Trace::record(trace, 0..kv.len(), &[]);
         Budget::Dense.elements(kv.len(), kv.head_dim())
+    }
+}
+
+multiversion! {
+    fn compute(q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratch) {
+        kernels::dense(q, kv, out, sc)
     }
 }
 
@@ -33,7 +39,10 @@ impl AttentionMethod for Dense {
 pub(crate) fn check_shapes(q: &[f32], kv: &KvView<'_>, out: &mut [f32]) {
     let d = kv.head_dim();
     assert!(d > 0, "attention over a zero-width head");
-    assert!(!kv.is_empty(), "attention over an empty cache (the current token is missing)");
+    assert!(
+        !kv.is_empty(),
+        "attention over an empty cache (the current token is missing)"
+    );
     assert!(
         !q.is_empty() && q.len() % d == 0,
         "query length {} is not a positive multiple of the head dimension {d}",

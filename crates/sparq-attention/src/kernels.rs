@@ -4,8 +4,55 @@
 //! vectorises them; every method is "score, then keep the top k" on top of these.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cache::KvView;
+
+/// Compiles a function twice, for the baseline target and with AVX2, and runs the AVX2
+/// build when the CPU has it. The kernels are plain loops left to the auto-vectoriser,
+/// which then uses 8-wide registers instead of SSE2's 4; everything the body calls is
+/// `#[inline(always)]` so that it is compiled into both builds.
+macro_rules! multiversion {
+    (
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    imp($($arg),*)
+                }
+                if $crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx2") {
+                    // SAFETY: `avx2` requires no more than the CPU features just detected.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+static SIMD: AtomicBool = AtomicBool::new(true);
+
+/// Whether kernels may use the AVX2 build (see [`set_simd`]).
+#[inline]
+pub fn simd_enabled() -> bool {
+    SIMD.load(Ordering::Relaxed)
+}
+
+/// Process-wide: `false` makes every kernel run its baseline build even on a CPU with
+/// AVX2, so tests cover both builds and benchmarks can compare them. Both builds give
+/// bit-identical results: every reduction has a fixed order in the source, and
+/// floating-point operations are never reassociated or fused.
+pub fn set_simd(enabled: bool) {
+    SIMD.store(enabled, Ordering::Relaxed);
+}
 
 /// Accumulator width of the reductions: wide enough for two SSE or one AVX register, so
 /// the compiler can vectorise a sum it may not reassociate on its own.
@@ -15,23 +62,30 @@ const LANES: usize = 8;
 /// the `r` key rows and of the `g` logit rows stays in L1 while it is reused.
 pub(crate) const BLOCK: usize = 512;
 
+/// `a . b` for slices of equal length. Eight running sums, added up in order at the
+/// end: that shape (unlike a pairwise final reduction) is what the compiler turns into
+/// one full-width vector accumulator.
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
+    debug_assert_eq!(a.len(), b.len());
     let mut acc = [0.0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
+        let x: &[f32; LANES] = x.try_into().expect("chunk of LANES");
+        let y: &[f32; LANES] = y.try_into().expect("chunk of LANES");
         for j in 0..LANES {
             acc[j] += x[j] * y[j];
         }
     }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
+    let mut sum = 0.0;
+    for v in acc {
+        sum += v;
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    for (x, y) in ra.iter().zip(rb) {
+        sum += x * y;
+    }
+    sum
 }
 
 /// `y += a * x`.
@@ -60,14 +114,16 @@ pub(crate) fn axpy4(y: &mut [f32], a: [f32; 4], x: [&[f32]; 4]) {
 /// f32 rounding. Inputs are clamped to the range where `2^n` is a normal float.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
-    // Adding and removing 1.5 * 2^23 rounds to the nearest integer without a libm call.
+    // Adding 1.5 * 2^23 rounds to an integer, which then sits in the low mantissa bits:
+    // `n` both as a float and, with no float-to-int conversion, as bits.
     const ROUND: f32 = 12_582_912.0;
     // ln 2 split so that `n * LN2_HI` is exact for |n| < 2^12 (Cody and Waite).
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = if x < -87.0 { -87.0 } else { x };
-    let x = if x > 88.0 { 88.0 } else { x };
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let x = if x > -87.0 { x } else { -87.0 };
+    let x = if x < 88.0 { x } else { 88.0 };
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let t = (x - n * LN2_HI) - n * LN2_LO;
     let p = 1.0 / 5040.0;
     let p = p * t + 1.0 / 720.0;
@@ -77,7 +133,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p * t + 0.5;
     let p = p * t + 1.0;
     let p = p * t + 1.0;
-    let two_n = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // The low 9 bits of `shifted` are `n` (two's complement, |n| <= 127); adding the
+    // exponent bias and shifting them into the exponent field gives 2^n.
+    let two_n = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
     p * two_n
 }
 
@@ -137,6 +195,7 @@ pub(crate) fn exp_in_place(xs: &mut [f32], m: f32) -> f32 {
 }
 
 /// Normalises each of the `g` rows of `x` (`g x n`) into a softmax.
+#[inline(always)]
 pub(crate) fn softmax_rows(x: &mut [f32], n: usize) {
     if n == 0 {
         return;
@@ -151,6 +210,7 @@ pub(crate) fn softmax_rows(x: &mut [f32], n: usize) {
 }
 
 /// `q / sqrt(d)` in `buf`: folding the scale into the query saves a multiply per score.
+#[inline(always)]
 pub(crate) fn scaled_query<'b>(q: &[f32], d: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
     let scale = 1.0 / (d as f32).sqrt();
     buf.clear();
@@ -160,6 +220,7 @@ pub(crate) fn scaled_query<'b>(q: &[f32], d: usize, buf: &'b mut Vec<f32>) -> &'
 
 /// A slice of `n` entries of `buf`, growing it when needed. Contents are unspecified:
 /// callers write before they read, so the buffer is not cleared on every step.
+#[inline(always)]
 pub(crate) fn slots<T: Copy + Default>(buf: &mut Vec<T>, n: usize) -> &mut [T] {
     if buf.len() < n {
         buf.resize(n, T::default());
@@ -174,11 +235,13 @@ fn group_logits<'a>(
     d: usize,
     n: usize,
     row: impl Fn(usize) -> &'a [f32],
+    ahead: impl Fn(usize),
     logits: &mut [f32],
     stride: usize,
 ) {
     let g = qs.len() / d;
     for j in 0..n {
+        ahead(j);
         let k = row(j);
         for h in 0..g {
             logits[h * stride + j] = dot(&qs[h * d..(h + 1) * d], k);
@@ -194,19 +257,26 @@ fn group_accumulate<'a>(
     d: usize,
     n: usize,
     row: impl Fn(usize) -> &'a [f32],
+    ahead: impl Fn(usize),
     out: &mut [f32],
 ) {
     let g = out.len() / d;
     let mut j = 0;
     while j + 4 <= n {
+        (j..j + 4).for_each(&ahead);
         let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
         for h in 0..g {
             let wh = &w[h * stride + j..h * stride + j + 4];
-            axpy4(&mut out[h * d..(h + 1) * d], [wh[0], wh[1], wh[2], wh[3]], rows);
+            axpy4(
+                &mut out[h * d..(h + 1) * d],
+                [wh[0], wh[1], wh[2], wh[3]],
+                rows,
+            );
         }
         j += 4;
     }
     while j < n {
+        ahead(j);
         let v = row(j);
         for h in 0..g {
             axpy(&mut out[h * d..(h + 1) * d], w[h * stride + j], v);
@@ -217,39 +287,111 @@ fn group_accumulate<'a>(
 
 /// Exact logits (scaled query `qs`, `g x d`) of every position into `logits`
 /// (`g x S`, head-major). Each key row is read once for the whole group.
+#[inline(always)]
 pub(crate) fn all_logits(qs: &[f32], kv: &KvView<'_>, logits: &mut [f32]) {
     let (d, s) = (kv.head_dim(), kv.len());
     for (off, seg) in kv.segments() {
         let keys = seg.keys();
-        group_logits(qs, d, seg.len(), |j| &keys[j * d..(j + 1) * d], &mut logits[off..], s);
+        group_logits(
+            qs,
+            d,
+            seg.len(),
+            |j| &keys[j * d..(j + 1) * d],
+            |_| {},
+            &mut logits[off..],
+            s,
+        );
     }
 }
 
 /// `out_h = sum_p w[h * S + p] * V[p]` over every position.
+#[inline(always)]
 pub(crate) fn all_accumulate(w: &[f32], kv: &KvView<'_>, out: &mut [f32]) {
     let (d, s) = (kv.head_dim(), kv.len());
     out.fill(0.0);
     for (off, seg) in kv.segments() {
         let values = seg.values();
-        group_accumulate(&w[off..], s, d, seg.len(), |j| &values[j * d..(j + 1) * d], out);
+        group_accumulate(
+            &w[off..],
+            s,
+            d,
+            seg.len(),
+            |j| &values[j * d..(j + 1) * d],
+            |_| {},
+            out,
+        );
     }
 }
 
+/// Rows fetched ahead when gathering selected positions: scattered rows defeat the
+/// hardware prefetcher, and without a hint each row costs a full memory latency.
+const AHEAD: usize = 8;
+
+/// Asks for every cache line of `row` to be loaded; only a hint.
+#[inline(always)]
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // Every 16th float and the last: a row need not start on a cache line.
+        let last = row.len().saturating_sub(1);
+        for i in (0..row.len()).step_by(16).chain(std::iter::once(last)) {
+            // SAFETY: a prefetch never faults, and `i` is inside the row; the intrinsic
+            // is safe to call on newer compilers, hence the allow.
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(i).cast());
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
 /// Exact logits of the positions `sel` into `logits` (`g x sel.len()`).
+#[inline(always)]
 pub(crate) fn subset_logits(qs: &[f32], kv: &KvView<'_>, sel: &[u32], logits: &mut [f32]) {
     let n = sel.len();
-    group_logits(qs, kv.head_dim(), n, |j| kv.key(sel[j] as usize), logits, n);
+    let ahead = |j: usize| {
+        if let Some(&p) = sel.get(j + AHEAD) {
+            prefetch(kv.key(p as usize));
+        }
+    };
+    group_logits(
+        qs,
+        kv.head_dim(),
+        n,
+        |j| kv.key(sel[j] as usize),
+        ahead,
+        logits,
+        n,
+    );
 }
 
 /// `out_h = sum_j w[h * n + j] * V[sel[j]]`.
+#[inline(always)]
 pub(crate) fn subset_accumulate(w: &[f32], kv: &KvView<'_>, sel: &[u32], out: &mut [f32]) {
     let n = sel.len();
     out.fill(0.0);
-    group_accumulate(w, n, kv.head_dim(), n, |j| kv.value(sel[j] as usize), out);
+    let ahead = |j: usize| {
+        if let Some(&p) = sel.get(j + AHEAD) {
+            prefetch(kv.value(p as usize));
+        }
+    };
+    group_accumulate(
+        w,
+        n,
+        kv.head_dim(),
+        n,
+        |j| kv.value(sel[j] as usize),
+        ahead,
+        out,
+    );
 }
 
 /// Dense attention of the group over every position. The softmax is left unnormalised
 /// through the value pass and the output divided once at the end, saving a pass.
+#[inline(always)]
 pub(crate) fn dense(q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratch) {
     let (d, s) = (kv.head_dim(), kv.len());
     let g = q.len() / d;
@@ -278,6 +420,7 @@ pub(crate) fn dense(q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratc
 
 /// Renormalised exact attention of the group over the positions `sel` (ascending);
 /// the normalised weights stay in `sc.weights` (`g x sel.len()`), for H2O's scores.
+#[inline(always)]
 pub(crate) fn attend_subset(
     q: &[f32],
     kv: &KvView<'_>,
@@ -324,54 +467,34 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 /// Buffers of the top-k selection.
 #[derive(Default)]
 pub(crate) struct TopK {
-    keys: Vec<u32>,
-    cand: Vec<u32>,
+    ids: Vec<u16>,
+    list: Vec<u32>,
+    cand_vals: Vec<f32>,
+    levels: Levels,
 }
 
-/// Maps a float to an unsigned integer with the same order, so selection can bucket on
-/// bits: negatives have all bits flipped, non-negatives only the sign bit.
-#[inline(always)]
-fn order_key(x: f32) -> u32 {
-    let b = x.to_bits();
-    b ^ (((b as i32) >> 31) as u32 | 0x8000_0000)
+/// Buffers of [`kth_largest`].
+#[derive(Default)]
+struct Levels {
+    ids: Vec<u16>,
+    vals: Vec<f32>,
+    next: Vec<f32>,
+    sorted: Vec<f32>,
 }
 
-/// Counts of `bucket(x)` for `x` in `xs`, with four interleaved tables so that runs of
-/// equal buckets (common: nearby scores share their top bits) do not serialise on one
-/// counter.
-#[inline(always)]
-fn histogram(xs: impl Iterator<Item = u32>, bucket: impl Fn(u32) -> usize) -> [u32; 2048] {
-    let mut t = [[0u32; 2048]; 4];
-    let mut i = 0usize;
-    for x in xs {
-        t[i & 3][bucket(x) & 2047] += 1;
-        i = i.wrapping_add(1);
-    }
-    let mut h = [0u32; 2048];
-    for (b, c) in h.iter_mut().enumerate() {
-        *c = t[0][b] + t[1][b] + t[2][b] + t[3][b];
-    }
-    h
-}
+/// Buckets per level of the selection: the histogram (four interleaved copies, so runs
+/// of equal buckets do not serialise on one counter) stays in L1.
+const BUCKETS: usize = 1024;
 
-/// The bucket holding the `want`-th largest entry (1-based) and how many entries lie
-/// in higher buckets.
-fn find_bucket(h: &[u32; 2048], want: usize) -> (usize, usize) {
-    let mut above = 0usize;
-    for b in (0..2048).rev() {
-        let c = h[b] as usize;
-        if above + c >= want {
-            return (b, above);
-        }
-        above += c;
-    }
-    unreachable!("top-k asked for more entries than it was given")
-}
+/// Candidates below which the selection sorts instead of bucketing.
+const SMALL: usize = 128;
 
 /// Indices (ascending) of the `k` largest entries of `scores` into `out`; among equal
-/// scores at the cut the lower indices are taken. Radix selection on order-preserving
-/// integer keys (11, 11 and 10 bits): O(n) and branch-free in the passes over all
-/// entries, unlike a comparison-based select whose partition branches mispredict.
+/// scores at the cut the lower indices are taken. O(n) in passes that do not branch on
+/// the data (a comparison-based select mispredicts in every partition): bucket every
+/// score by value, count the buckets, keep every index at or above the bucket holding
+/// the cut, and settle that one bucket on its own.
+#[inline(always)]
 pub(crate) fn top_k(scores: &[f32], k: usize, buf: &mut TopK, out: &mut Vec<u32>) {
     let n = scores.len();
     out.clear();
@@ -382,69 +505,213 @@ pub(crate) fn top_k(scores: &[f32], k: usize, buf: &mut TopK, out: &mut Vec<u32>
     if k == 0 {
         return;
     }
-    let keys = slots(&mut buf.keys, n);
-    for (key, &x) in keys.iter_mut().zip(scores) {
-        *key = order_key(x);
+    let (lo, hi) = min_max(scores);
+    let scale = BUCKETS as f32 / (hi - lo);
+    if n <= SMALL || !bucketable(lo, hi, scale) {
+        let (cut, ties) = kth_largest(scores, k, &mut buf.levels);
+        out.resize(k + 1, 0);
+        let taken = take_from(scores.iter().copied(), 0..n as u32, cut, ties, out);
+        debug_assert_eq!(taken, k);
+        out.truncate(k);
+        return;
     }
-    let keys = &*keys;
-
-    // Level 1: the top 11 bits over all entries, then keep only the entries of the
-    // bucket holding the cut.
-    let h = histogram(keys.iter().copied(), |x| (x >> 21) as usize);
-    let (b1, above1) = find_bucket(&h, k);
-    let mut want = k - above1;
-    let cand = slots(&mut buf.cand, n + 1);
+    let ids = bucket_ids(scores, lo, scale, &mut buf.ids);
+    let tables = histogram(ids);
+    let (cut, above) = find_cut(&tables, k);
+    let in_cut = (0..4).map(|t| tables[t][cut] as usize).sum::<usize>();
+    let cut = cut as u16;
+    // Every index in or above the cut bucket, ascending.
+    let list = slots(&mut buf.list, above + in_cut + 1);
     let mut m = 0;
-    for (i, &x) in keys.iter().enumerate() {
-        cand[m] = i as u32;
-        m += ((x >> 21) as usize == b1) as usize;
+    for (i, &id) in ids.iter().enumerate() {
+        list[m] = i as u32;
+        m += (id >= cut) as usize;
     }
-    // Levels 2 and 3 on the few survivors: the middle 11 bits, then the low 10.
-    let h = histogram(cand[..m].iter().map(|&i| keys[i as usize]), |x| ((x >> 10) & 2047) as usize);
-    let (b2, above2) = find_bucket(&h, want);
-    want -= above2;
-    let mut m2 = 0;
-    for t in 0..m {
-        let i = cand[t];
-        cand[m2] = i;
-        m2 += (((keys[i as usize] >> 10) & 2047) as usize == b2) as usize;
+    debug_assert_eq!(m, above + in_cut);
+    let list = &list[..m];
+    // The cut bucket's threshold value, and how many entries equal to it are taken.
+    buf.cand_vals.clear();
+    buf.cand_vals.extend(
+        list.iter()
+            .filter(|&&i| ids[i as usize] == cut)
+            .map(|&i| scores[i as usize]),
+    );
+    let (t, mut ties) = kth_largest(&buf.cand_vals, k - above, &mut buf.levels);
+    out.reserve(k);
+    for &i in list {
+        let x = scores[i as usize];
+        let take = ids[i as usize] > cut || x > t || (x == t && ties > 0);
+        if take {
+            ties -= (ids[i as usize] == cut && x == t) as usize;
+            out.push(i);
+        }
     }
-    let h = histogram(cand[..m2].iter().map(|&i| keys[i as usize]), |x| (x & 1023) as usize);
-    let (b3, above3) = find_bucket(&h, want);
-    want -= above3;
-    let cut = ((b1 as u32) << 21) | ((b2 as u32) << 10) | b3 as u32;
+    debug_assert_eq!(out.len(), k);
+}
 
-    // Everything above the cut, then the first `want` entries equal to it.
-    out.resize(k + 1, 0);
+/// Writes to `out` the indices whose value is above `cut`, and the first `ties` whose
+/// value equals it; returns how many. `out` needs one spare slot: the write is
+/// unconditional and only the count advances.
+#[inline(always)]
+fn take_from(
+    vals: impl Iterator<Item = f32>,
+    idx: impl Iterator<Item = u32>,
+    cut: f32,
+    mut ties: usize,
+    out: &mut [u32],
+) -> usize {
     let mut taken = 0;
-    let mut ties = want;
-    for (i, &x) in keys.iter().enumerate() {
+    for (x, i) in vals.zip(idx) {
         let tie = x == cut;
         let take = x > cut || (tie && ties > 0);
-        out[taken] = i as u32;
+        out[taken] = i;
         taken += take as usize;
         ties -= (take && tie) as usize;
     }
-    debug_assert_eq!(taken, k);
-    out.truncate(k);
+    taken
+}
+
+/// Whether `[lo, hi]` can be split into buckets in f32: not all equal, and neither too
+/// wide (the difference overflows) nor too narrow (the scale overflows).
+#[inline(always)]
+fn bucketable(lo: f32, hi: f32, scale: f32) -> bool {
+    lo < hi && scale.is_finite() && scale > 0.0
+}
+
+/// The bucket of every value: `(x - lo) * scale` clamped to `[0, BUCKETS - 1]` and
+/// rounded, monotone in `x` (so a higher bucket holds only larger values) with `lo` and
+/// the largest value in the first and last bucket. Rounding by adding 2^23 and reading
+/// the low mantissa bits avoids a float-to-int conversion the compiler would not
+/// vectorise.
+#[inline(always)]
+fn bucket_ids<'b>(vals: &[f32], lo: f32, scale: f32, buf: &'b mut Vec<u16>) -> &'b [u16] {
+    let ids = slots(buf, vals.len());
+    for (id, &x) in ids.iter_mut().zip(vals) {
+        let b = (x - lo) * scale;
+        let b = if b < (BUCKETS - 1) as f32 {
+            b
+        } else {
+            (BUCKETS - 1) as f32
+        };
+        let b = if b > 0.0 { b } else { 0.0 };
+        *id = ((b + 8_388_608.0).to_bits() - 0x4B00_0000) as u16;
+    }
+    ids
+}
+
+/// Four interleaved bucket counts of `ids` (sum them for the total).
+#[inline(always)]
+fn histogram(ids: &[u16]) -> [[u32; BUCKETS]; 4] {
+    let mut t = [[0u32; BUCKETS]; 4];
+    let c = ids.chunks_exact(4);
+    let rest = c.remainder();
+    for q in c {
+        t[0][q[0] as usize & (BUCKETS - 1)] += 1;
+        t[1][q[1] as usize & (BUCKETS - 1)] += 1;
+        t[2][q[2] as usize & (BUCKETS - 1)] += 1;
+        t[3][q[3] as usize & (BUCKETS - 1)] += 1;
+    }
+    for &b in rest {
+        t[0][b as usize & (BUCKETS - 1)] += 1;
+    }
+    t
+}
+
+/// The bucket holding the `want`-th largest entry (1-based) and how many entries lie
+/// in higher buckets.
+#[inline(always)]
+fn find_cut(tables: &[[u32; BUCKETS]; 4], want: usize) -> (usize, usize) {
+    let mut above = 0usize;
+    for b in (0..BUCKETS).rev() {
+        let c = (tables[0][b] + tables[1][b] + tables[2][b] + tables[3][b]) as usize;
+        if above + c >= want {
+            return (b, above);
+        }
+        above += c;
+    }
+    unreachable!("top-k asked for more entries than it was given")
+}
+
+/// The `k`-th largest value `t` of `scores` (`1 <= k <= n`) and how many entries equal
+/// to `t` belong to the `k` largest. Buckets the candidates by value, keeps the bucket
+/// holding the cut, and repeats; the lowest and highest values always land in different
+/// buckets, so every level shrinks the candidates. Small sets are sorted.
+#[inline(always)]
+fn kth_largest(scores: &[f32], k: usize, lv: &mut Levels) -> (f32, usize) {
+    let mut want = k;
+    let mut first = true;
+    loop {
+        let vals: &[f32] = if first { scores } else { &lv.vals };
+        let (lo, hi) = min_max(vals);
+        if lo == hi {
+            return (lo, want);
+        }
+        let scale = BUCKETS as f32 / (hi - lo);
+        if vals.len() <= SMALL || !bucketable(lo, hi, scale) {
+            let v = &mut lv.sorted;
+            v.clear();
+            v.extend_from_slice(vals);
+            v.sort_unstable_by(|a, b| b.total_cmp(a));
+            let t = v[want - 1];
+            let above = v.iter().filter(|&&x| x > t).count();
+            return (t, want - above);
+        }
+        let ids = bucket_ids(vals, lo, scale, &mut lv.ids);
+        let (cut, above) = find_cut(&histogram(ids), want);
+        want -= above;
+        let next = slots(&mut lv.next, vals.len() + 1);
+        let mut m = 0;
+        for (&x, &id) in vals.iter().zip(ids.iter()) {
+            next[m] = x;
+            m += (id as usize == cut) as usize;
+        }
+        lv.next.truncate(m);
+        std::mem::swap(&mut lv.vals, &mut lv.next);
+        first = false;
+    }
+}
+
+/// The smallest and largest entries (`(inf, -inf)` for an empty slice).
+#[inline(always)]
+fn min_max(xs: &[f32]) -> (f32, f32) {
+    let mut lo = [f32::INFINITY; LANES];
+    let mut hi = [f32::NEG_INFINITY; LANES];
+    let c = xs.chunks_exact(LANES);
+    let rest = c.remainder();
+    for x in c {
+        for j in 0..LANES {
+            lo[j] = if x[j] < lo[j] { x[j] } else { lo[j] };
+            hi[j] = if x[j] > hi[j] { x[j] } else { hi[j] };
+        }
+    }
+    let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
+    for (&a, &b) in lo.iter().chain(rest).zip(hi.iter().chain(rest)) {
+        l = if a < l { a } else { l };
+        h = if b > h { b } else { h };
+    }
+    (l, h)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn naive_top_k(scores: &[f32], k: usize) -> Vec<u32> {
+    /// Positions from the largest score down, ties to the lower position.
+    fn by_score(scores: &[f32]) -> Vec<u32> {
         let mut idx: Vec<u32> = (0..scores.len() as u32).collect();
         idx.sort_by(|&a, &b| {
-            scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b))
+            scores[b as usize]
+                .partial_cmp(&scores[a as usize])
+                .unwrap()
+                .then(a.cmp(&b))
         });
-        idx.truncate(k);
-        idx.sort_unstable();
         idx
     }
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
@@ -453,18 +720,39 @@ mod tests {
         let mut seed = 7;
         let mut buf = TopK::default();
         let mut out = Vec::new();
-        for n in [1usize, 2, 5, 33, 1000, 5000] {
-            // Continuous scores, coarse scores with many ties, and mixed signs with zeros.
+        for n in [1usize, 2, 5, 33, 129, 1000, 5000, 70000] {
+            // Continuous scores, coarse scores with many ties, mixed signs with zeros,
+            // a narrow range, one huge outlier, a range too wide for f32 differences,
+            // and a heavy tail (nearly all candidates in one bucket at first).
             let sets: Vec<Vec<f32>> = vec![
                 (0..n).map(|_| lcg(&mut seed) * 10.0).collect(),
                 (0..n).map(|_| (lcg(&mut seed) * 3.0).round()).collect(),
-                (0..n).map(|i| if i % 3 == 0 { 0.0 } else { lcg(&mut seed) * 1e-30 }).collect(),
+                (0..n)
+                    .map(|i| {
+                        if i % 3 == 0 {
+                            0.0
+                        } else {
+                            lcg(&mut seed) * 1e-30
+                        }
+                    })
+                    .collect(),
                 (0..n).map(|_| 1.0 + lcg(&mut seed) * 1e-6).collect(),
+                (0..n)
+                    .map(|i| if i == n / 2 { 1e30 } else { lcg(&mut seed) })
+                    .collect(),
+                (0..n).map(|_| lcg(&mut seed) * 3e38).collect(),
+                (0..n).map(|_| (lcg(&mut seed) * 60.0).exp()).collect(),
+                (0..n)
+                    .map(|i| if i % 34 == 0 { 100.0 } else { lcg(&mut seed) })
+                    .collect(),
             ];
-            for scores in &sets {
+            for (set, scores) in sets.iter().enumerate() {
+                let order = by_score(scores);
                 for k in [0, 1, n / 3, n.saturating_sub(1), n, n + 2] {
+                    let mut want = order[..k.min(n)].to_vec();
+                    want.sort_unstable();
                     top_k(scores, k, &mut buf, &mut out);
-                    assert_eq!(out, naive_top_k(scores, k), "n={n} k={k}");
+                    assert_eq!(out, want, "set {set} n={n} k={k}");
                 }
             }
         }
@@ -483,13 +771,5 @@ mod tests {
         assert!(worst < 5e-7, "worst relative error {worst}");
         assert_eq!(exp(0.0), 1.0);
         assert!(exp(-1000.0) >= 0.0 && exp(-1000.0) < 1e-37);
-    }
-
-    #[test]
-    fn order_key_preserves_order() {
-        let xs = [f32::NEG_INFINITY, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, f32::INFINITY];
-        for w in xs.windows(2) {
-            assert!(order_key(w[0]) <= order_key(w[1]), "{} {}", w[0], w[1]);
-        }
     }
 }

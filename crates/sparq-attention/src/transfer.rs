@@ -125,11 +125,15 @@ mod tests {
     #[test]
     fn spec_worked_examples() {
         let k = 128;
-        let got: Vec<String> =
-            [64, 32, 16, 8].iter().map(|&r| one_over(sparq_elements(r, k, 2048, 128), 2048, 128)).collect();
+        let got: Vec<String> = [64, 32, 16, 8]
+            .iter()
+            .map(|&r| one_over(sparq_elements(r, k, 2048, 128), 2048, 128))
+            .collect();
         assert_eq!(got, ["1/3.19", "1/5.31", "1/7.94", "1/10.6"]);
-        let got: Vec<String> =
-            [64, 32, 16, 8].iter().map(|&r| one_over(sparq_elements(r, k, 2048, 64), 2048, 64)).collect();
+        let got: Vec<String> = [64, 32, 16, 8]
+            .iter()
+            .map(|&r| one_over(sparq_elements(r, k, 2048, 64), 2048, 64))
+            .collect();
         // r = 64 is r = d for a 64-wide head.
         assert_eq!(got, ["1/1.78", "1/3.19", "1/5.31", "1/7.94"]);
     }
@@ -170,8 +174,10 @@ mod tests {
 
     #[test]
     fn equal_split_spec_examples() {
-        let got: Vec<(usize, usize)> =
-            [2.0, 4.0, 8.0, 16.0].iter().map(|x| equal_split(128, 2048, 1.0 / x)).collect();
+        let got: Vec<(usize, usize)> = [2.0, 4.0, 8.0, 16.0]
+            .iter()
+            .map(|x| equal_split(128, 2048, 1.0 / x))
+            .collect();
         assert_eq!(got, [(64, 512), (32, 256), (16, 128), (8, 64)]);
         // Halves round to even: 80 / 32 = 2.5 -> 2, 2050 / 4 = 512.5 -> 512; 3.5 -> 4.
         assert_eq!(equal_split(80, 2050, 1.0 / 32.0).0, 2);
@@ -183,7 +189,12 @@ mod tests {
 
     #[test]
     fn model_bytes_multiplies_out() {
-        let shape = ModelShape { head_dim: 128, group: 4, kv_heads: 8, layers: 32 };
+        let shape = ModelShape {
+            head_dim: 128,
+            group: 4,
+            kv_heads: 8,
+            layers: 32,
+        };
         assert_eq!(model_bytes(1000, &shape, 2), 1000 * 8 * 32 * 2);
     }
 }

@@ -80,7 +80,8 @@ fn bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
     let mut decode = Vec::new();
     for _ in 0..args.repeats {
         let t0 = Instant::now();
-        let cache = model.prefill(&prompt, spec.needs_prompt_mass())?;
+        let needs_mass = spec.build(&shape, prompt.len())?.needs_prompt_mass();
+        let cache = model.prefill(&prompt, needs_mass)?;
         prefill.push(args.prompt_tokens as f64 / t0.elapsed().as_secs_f64());
         let methods: Vec<Box<dyn AttentionMethod>> = (0..args.branches)
             .map(|_| spec.build(&shape, prompt.len()))

@@ -4,6 +4,7 @@
 mod bench;
 mod env;
 mod generate;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,23 @@ enum Command {
     /// Throughput benchmarks that print a table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run tasks on one model for each method (dense always included).
+    Eval(run::EvalArgs),
+    /// The grid models x tasks x settings, resumable.
+    Sweep(run::SweepArgs),
+    /// Rebuild results.csv, report.md and plots/ from samples.jsonl.
+    Report {
+        /// A results directory holding samples.jsonl.
+        dir: std::path::PathBuf,
+    },
+    /// Score prediction/reference pairs with a task metric, one score a line.
+    Metric {
+        /// prefix-match, rouge-l or match-chars.
+        name: String,
+        /// JSON lines {"prediction", "references": [..]}.
+        #[arg(long)]
+        pairs: std::path::PathBuf,
+    },
     /// List what the harness knows.
     #[command(subcommand)]
     Ls(LsCommand),
@@ -42,6 +60,8 @@ enum Command {
 enum LsCommand {
     /// Attention methods and their settings.
     Methods,
+    /// Built-in tasks.
+    Tasks,
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,8 +69,13 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Eval(args) => run::eval(args),
+        Command::Sweep(args) => run::sweep(args),
+        Command::Report { dir } => run::report(dir),
+        Command::Metric { name, pairs } => metric(&name, &pairs),
+        Command::Ls(LsCommand::Tasks) => print_tasks(),
         Command::Ls(LsCommand::Methods) => {
-            print!("{}", sparq_attention::spec::registry_table());
+            print_methods();
             Ok(())
         }
     };
@@ -65,7 +90,16 @@ fn main() -> std::process::ExitCode {
 
 /// Loads the model named by `args`, with a hint when the default model is missing.
 pub fn load_model(args: &ModelArgs) -> anyhow::Result<sparq_runner::LoadedModel> {
-    if args.model == env::DEFAULT_MODEL && !std::path::Path::new(&args.model).exists() {
+    if args.model == env::DEFAULT_MODEL {
+        check_default_model()?;
+    }
+    let source = sparq_runner::ModelSource::parse(&args.model)?;
+    Ok(sparq_runner::load_model(&source, args.dtype)?)
+}
+
+/// The default model is fetched by a script; say so when it is missing.
+pub fn check_default_model() -> anyhow::Result<()> {
+    if !std::path::Path::new(env::DEFAULT_MODEL).exists() {
         anyhow::bail!(
             "the default model {} is not there: run scripts/fetch-model.sh from the repository root, \
              or pass --model (or set {})",
@@ -73,8 +107,7 @@ pub fn load_model(args: &ModelArgs) -> anyhow::Result<sparq_runner::LoadedModel>
             env::SPARQ_MODEL
         );
     }
-    let source = sparq_runner::ModelSource::parse(&args.model)?;
-    Ok(sparq_runner::load_model(&source, args.dtype)?)
+    Ok(())
 }
 
 /// Parses `--method` values and builds them for a model and prompt length; all specs
@@ -87,4 +120,30 @@ pub fn parse_methods(specs: &[String]) -> anyhow::Result<Vec<sparq_attention::sp
                 .map_err(|e| anyhow::anyhow!("--method {s}: {e}"))
         })
         .collect()
+}
+
+fn print_methods() {
+    println!("| method | keys (default) | what it does | paper |");
+    println!("|---|---|---|---|");
+    for m in sparq_attention::registry() {
+        let keys: Vec<String> = m.keys.iter().map(|(k, d)| format!("{k} ({d})")).collect();
+        println!("| {} | {} | {} | {} |", m.name, keys.join(", "), m.description, m.paper);
+    }
+}
+
+fn print_tasks() -> anyhow::Result<()> {
+    println!("| task | version | metric | description |");
+    println!("|---|---|---|---|");
+    for t in sparq_tasks::list_tasks()? {
+        println!("| {} | {} | {} | {} |", t.name, t.version, t.metric, t.description);
+    }
+    Ok(())
+}
+
+fn metric(name: &str, pairs: &std::path::Path) -> anyhow::Result<()> {
+    let metric = sparq_tasks::Metric::from_name(name)?;
+    for pair in sparq_tasks::metrics::read_pairs(pairs)? {
+        println!("{}", metric.score(&pair.prediction, &pair.references)?);
+    }
+    Ok(())
 }

@@ -1,0 +1,360 @@
+//! `sparq bench attention`: the time of one decode step of attention over a synthetic
+//! cache for each method beside dense, with the speed-up the transfer formula predicts,
+//! and the machine's copy bandwidth as the yardstick.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::cache::{HeadKv, KvView};
+use crate::method::{AttentionMethod, HeadState, ModelShape};
+use crate::spec::{MethodSpec, SpecError};
+
+/// What to time. The cache holds `seq_len - 1` prompt positions and one generated
+/// position (the current token) for each of `kv_heads` KV heads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchConfig {
+    pub seq_len: usize,
+    pub head_dim: usize,
+    pub kv_heads: usize,
+    /// Query heads per KV head.
+    pub group: usize,
+    /// Timed steps per method; the median is reported.
+    pub repeats: usize,
+    pub seed: u64,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            seq_len: 16384,
+            head_dim: 128,
+            kv_heads: 8,
+            group: 1,
+            repeats: 7,
+            seed: 0,
+        }
+    }
+}
+
+/// One row of the table (and of `--json`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchRow {
+    /// The spec as given (canonical form), or `memcpy`.
+    pub method: String,
+    pub seq_len: usize,
+    pub head_dim: usize,
+    pub kv_heads: usize,
+    pub group: usize,
+    /// Median time of one step over all KV heads, microseconds.
+    pub time_us: f64,
+    /// Dense time / this time; `None` for `memcpy`.
+    pub speedup: Option<f64>,
+    /// Dense elements / this method's elements (SPEC section 4); `None` for `memcpy`.
+    pub predicted_speedup: Option<f64>,
+    /// Elements moved (all heads) times 4 bytes, per second. For `memcpy`: bytes read
+    /// plus bytes written per second, the same "moved" convention.
+    pub bytes_per_s: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("bench attention: {field} = {value} is out of range; expected {expected}")]
+    Config {
+        field: &'static str,
+        value: usize,
+        expected: &'static str,
+    },
+}
+
+/// Size of the copy that measures bandwidth, and of the buffer read between timed
+/// steps to push the cache out of the last-level cache (32 MiB here): a real decode
+/// step finds a layer's cache cold, the other layers having passed through since.
+const BIG: usize = 128 << 20;
+
+/// Times dense and every method in `methods` (dense first, once even if listed), then
+/// measures the copy bandwidth. Specs are checked before the cache is built.
+pub fn bench_attention(
+    cfg: &BenchConfig,
+    methods: &[MethodSpec],
+) -> Result<Vec<BenchRow>, BenchError> {
+    for (field, value, min) in [
+        ("seq_len", cfg.seq_len, 2),
+        ("head_dim", cfg.head_dim, 1),
+        ("kv_heads", cfg.kv_heads, 1),
+        ("group", cfg.group, 1),
+        ("repeats", cfg.repeats, 1),
+    ] {
+        if value < min {
+            let expected = if min == 2 { "at least 2" } else { "at least 1" };
+            return Err(BenchError::Config {
+                field,
+                value,
+                expected,
+            });
+        }
+    }
+    let shape = ModelShape {
+        head_dim: cfg.head_dim,
+        group: cfg.group,
+        kv_heads: cfg.kv_heads,
+        layers: 1,
+    };
+    let prompt_len = cfg.seq_len - 1;
+    let mut specs = vec![MethodSpec::Dense];
+    specs.extend(methods.iter().filter(|m| **m != MethodSpec::Dense).cloned());
+    let built: Vec<(String, Box<dyn AttentionMethod>)> = specs
+        .iter()
+        .map(|s| Ok((s.to_string(), s.build(&shape, prompt_len)?)))
+        .collect::<Result<_, SpecError>>()?;
+
+    let heads = synthetic_heads(cfg);
+    let scrub = vec![1u8; BIG];
+    let mut rows = Vec::new();
+    let mut dense: Option<(f64, u64)> = None;
+    for (name, method) in &built {
+        let (time_s, elements) = time_method(method.as_ref(), &heads, prompt_len, cfg, &scrub);
+        let (dense_time, dense_elements) = *dense.get_or_insert((time_s, elements));
+        rows.push(BenchRow {
+            method: name.clone(),
+            seq_len: cfg.seq_len,
+            head_dim: cfg.head_dim,
+            kv_heads: cfg.kv_heads,
+            group: cfg.group,
+            time_us: time_s * 1e6,
+            speedup: Some(dense_time / time_s),
+            predicted_speedup: Some(dense_elements as f64 / elements as f64),
+            bytes_per_s: (elements * cfg.kv_heads as u64) as f64 * 4.0 / time_s,
+        });
+    }
+    let (time_s, bytes_per_s) = memcpy_bandwidth(BIG, cfg.repeats);
+    rows.push(BenchRow {
+        method: "memcpy".to_string(),
+        seq_len: cfg.seq_len,
+        head_dim: cfg.head_dim,
+        kv_heads: cfg.kv_heads,
+        group: cfg.group,
+        time_us: time_s * 1e6,
+        speedup: None,
+        predicted_speedup: None,
+        bytes_per_s,
+    });
+    Ok(rows)
+}
+
+/// One KV head's cache and its group's query.
+struct Head {
+    prompt: HeadKv,
+    generated: HeadKv,
+    q: Vec<f32>,
+    prompt_mass: Vec<f32>,
+}
+
+fn synthetic_heads(cfg: &BenchConfig) -> Vec<Head> {
+    let d = cfg.head_dim;
+    (0..cfg.kv_heads)
+        .into_par_iter()
+        .map(|h| {
+            let mut rng = SplitMix(cfg.seed ^ (h as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let n = cfg.seq_len - 1;
+            let mut prompt = HeadKv::with_capacity(d, n);
+            let (mut k, mut v) = (vec![0.0; d], vec![0.0; d]);
+            for _ in 0..n {
+                k.iter_mut()
+                    .chain(v.iter_mut())
+                    .for_each(|x| *x = rng.uniform());
+                prompt.push(&k, &v);
+            }
+            let mut generated = HeadKv::with_capacity(d, 1);
+            k.iter_mut()
+                .chain(v.iter_mut())
+                .for_each(|x| *x = rng.uniform());
+            generated.push(&k, &v);
+            let q = (0..cfg.group * d).map(|_| 2.0 * rng.uniform()).collect();
+            let prompt_mass = (0..n).map(|_| rng.uniform().abs()).collect();
+            Head {
+                prompt,
+                generated,
+                q,
+                prompt_mass,
+            }
+        })
+        .collect()
+}
+
+/// Median seconds of one step over all heads (parallel over heads, as the runner calls
+/// `attend`), and the elements one head moves.
+fn time_method(
+    method: &dyn AttentionMethod,
+    heads: &[Head],
+    prompt_len: usize,
+    cfg: &BenchConfig,
+    scrub: &[u8],
+) -> (f64, u64) {
+    let mass = method.needs_prompt_mass();
+    let mut states: Vec<HeadState> = heads
+        .iter()
+        .map(|h| method.init_state(prompt_len, mass.then_some(&h.prompt_mass[..])))
+        .collect();
+    let mut outs: Vec<Vec<f32>> = heads.iter().map(|h| vec![0.0; h.q.len()]).collect();
+    let step = |states: &mut Vec<HeadState>, outs: &mut Vec<Vec<f32>>| -> u64 {
+        heads
+            .par_iter()
+            .zip(states.par_iter_mut())
+            .zip(outs.par_iter_mut())
+            .map(|((h, st), out)| {
+                method.attend(st, &h.q, &KvView::new(&h.prompt, &h.generated), out)
+            })
+            .sum()
+    };
+    // The first step warms the thread-local buffers and makes H2O's first eviction.
+    let elements = step(&mut states, &mut outs);
+    let mut times: Vec<f64> = (0..cfg.repeats)
+        .map(|_| {
+            evict_caches(scrub);
+            let t = Instant::now();
+            std::hint::black_box(step(&mut states, &mut outs));
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    assert!(
+        outs.iter().flatten().all(|x| x.is_finite()),
+        "{} produced a non-finite output",
+        method.describe()
+    );
+    (median(&mut times), elements / heads.len() as u64)
+}
+
+/// Reads a buffer larger than the last-level cache.
+fn evict_caches(buf: &[u8]) {
+    let sum: u64 = buf
+        .par_chunks(1 << 20)
+        .map(|c| c.iter().step_by(64).map(|&b| b as u64).sum::<u64>())
+        .sum();
+    std::hint::black_box(sum);
+}
+
+/// Median seconds and bandwidth (bytes read plus bytes written per second) of a
+/// parallel copy of `bytes` bytes, bigger than the last-level cache so it measures
+/// memory, not cache.
+pub fn memcpy_bandwidth(bytes: usize, repeats: usize) -> (f64, f64) {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    let copy = |dst: &mut [u8]| {
+        dst.par_chunks_mut(1 << 20)
+            .zip(src.par_chunks(1 << 20))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    };
+    copy(&mut dst);
+    let mut times: Vec<f64> = (0..repeats.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            copy(&mut dst);
+            std::hint::black_box(&dst);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    let t = median(&mut times);
+    (t, 2.0 * bytes as f64 / t)
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// The rows as an aligned plain-text table.
+pub fn table(rows: &[BenchRow]) -> String {
+    let opt = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.2}"));
+    let mut out = format!(
+        "{:<34} {:>8} {:>5} {:>4} {:>3} {:>12} {:>8} {:>9} {:>10}\n",
+        "method", "seq_len", "d", "H", "g", "time_us", "speedup", "predicted", "GB/s"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<34} {:>8} {:>5} {:>4} {:>3} {:>12.1} {:>8} {:>9} {:>10.2}\n",
+            r.method,
+            r.seq_len,
+            r.head_dim,
+            r.kv_heads,
+            r.group,
+            r.time_us,
+            opt(r.speedup),
+            opt(r.predicted_speedup),
+            r.bytes_per_s / 1e9
+        ));
+    }
+    out
+}
+
+/// SplitMix64: a small, fast, well-mixed generator for synthetic data.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `[-1, 1)`.
+    fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_cover_dense_methods_and_memcpy() {
+        let cfg = BenchConfig {
+            seq_len: 300,
+            head_dim: 16,
+            kv_heads: 2,
+            group: 2,
+            repeats: 1,
+            seed: 1,
+        };
+        let methods: Vec<MethodSpec> = ["sparq:r=4,k=32", "dense", "h2o:k=40"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let rows = bench_attention(&cfg, &methods).unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.method.as_str()).collect();
+        assert_eq!(names, ["dense", "sparq:r=4,k=32", "h2o:k=40", "memcpy"]);
+        assert_eq!(rows[0].speedup, Some(1.0));
+        assert_eq!(rows[0].predicted_speedup, Some(1.0));
+        let sparq = crate::transfer::sparq_elements(4, 32, 300, 16) as f64;
+        let dense = crate::transfer::dense_elements(300, 16) as f64;
+        assert!((rows[1].predicted_speedup.unwrap() - dense / sparq).abs() < 1e-12);
+        assert!(rows.iter().all(|r| r.time_us > 0.0 && r.bytes_per_s > 0.0));
+        // Bytes per second count every head: 2 heads of dense elements, 4 bytes each.
+        let dense_bytes = 2.0 * 4.0 * dense;
+        assert!((rows[0].bytes_per_s * rows[0].time_us * 1e-6 / dense_bytes - 1.0).abs() < 1e-9);
+        assert_eq!(rows[3].speedup, None);
+        assert!(table(&rows).lines().count() == 5);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_before_work() {
+        let cfg = BenchConfig {
+            head_dim: 16,
+            ..BenchConfig::default()
+        };
+        let err = bench_attention(&cfg, &["sparq:r=32,k=8".parse().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("`r=32` is out of range"), "{err}");
+        let cfg = BenchConfig {
+            seq_len: 1,
+            ..BenchConfig::default()
+        };
+        assert!(bench_attention(&cfg, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("seq_len = 1"));
+    }
+}
