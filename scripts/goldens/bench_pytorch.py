@@ -10,16 +10,20 @@ torch.set_num_threads(2), batch-1 prompt of exactly 1600 tokens):
   decode_8   eight branches: the prompt's KV cache repeated to batch 8 (8 identical
              prompts; the prefill is done once and copied, not timed), then 64 steps of a
              [8, 1] forward; tokens/s = 8 * 64 / time (all branches counted)
-Each is the median of 3 timed runs, after one untimed warm-up run of each. The prompt is
+Each is the median of 3 timed runs (--runs), after one untimed warm-up run (--warmup).
+--threads changes the thread count (only for comparisons; the baseline is 2). The prompt is
 the start of tinyshakespeare (the token ids are cut to exactly 1600; BOS is not added,
 since this tokenizer does not add one). Prints a small table, then one JSON line.
 
 How to run (from the workspace root; reference stack in scripts/goldens/requirements.txt):
     /work/goldens-venv/bin/python scripts/goldens/bench_pytorch.py \
         [--model models/SmolLM2-135M-Instruct.Q4_1.gguf] \
-        [--text /work/shared/data/tinyshakespeare/input.txt] [--runs 3]
+        [--text /work/shared/data/tinyshakespeare/input.txt] [--runs 3] [--warmup 1] [--threads 2]
 Takes a few minutes on 2 cores. Speeds depend on the machine and on what else runs on
-it; the work done is deterministic (fixed prompt, greedy, no sampling).
+it: with other jobs competing for the 2 cores, 2 OpenMP threads stall badly (each
+parallel op waits for a descheduled thread), so the JSON line records the 1-minute load
+average; compare only numbers taken on an otherwise idle machine. The work done is
+deterministic (fixed prompt, greedy, no sampling).
 """
 
 from __future__ import annotations
@@ -81,10 +85,12 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--text", type=Path, default=DEFAULT_TEXT)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch threads (default 2)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     model_dir, model_file = str(args.model.parent), args.model.name
     tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=model_file)
     model = AutoModelForCausalLM.from_pretrained(
@@ -98,7 +104,7 @@ def main() -> int:
     prompt = torch.tensor([ids[:PROMPT_TOKENS]], dtype=torch.long)
 
     res = {"prefill": [], "decode_1": [], "decode_8": []}
-    for run in range(args.runs + 1):  # run 0 is the warm-up
+    for run in range(1 - args.warmup, args.runs + 1):  # runs <= 0 are warm-ups
         t_pre, cache, last = prefill(model, prompt)
         t_d1 = decode(model, cache, last, NEW_TOKENS)
         cache.crop(PROMPT_TOKENS - cache.get_seq_length())  # drop the 64 decoded positions
@@ -106,7 +112,7 @@ def main() -> int:
         assert cache.get_seq_length() == PROMPT_TOKENS
         t_d8 = decode(model, cache, last.repeat(BRANCHES, 1), NEW_TOKENS)
         del cache
-        if run == 0:
+        if run <= 0:
             continue
         res["prefill"].append(PROMPT_TOKENS / t_pre)
         res["decode_1"].append(NEW_TOKENS / t_d1)

@@ -23,7 +23,8 @@ What it makes
     bos/eos ids, thread count).
 
 How to run (from the workspace root; the reference stack is pinned in
-scripts/goldens/requirements.txt, CPU is enough, about a minute):
+scripts/goldens/requirements.txt, CPU is enough; about a minute on an idle 2-core
+machine, several when other jobs compete for the cores):
     python3 -m venv /work/goldens-venv
     /work/goldens-venv/bin/pip install -r scripts/goldens/requirements.txt
     /work/goldens-venv/bin/python scripts/goldens/make_runner_goldens.py \

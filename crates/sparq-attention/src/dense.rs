@@ -44,7 +44,7 @@ pub(crate) fn check_shapes(q: &[f32], kv: &KvView<'_>, out: &mut [f32]) {
         "attention over an empty cache (the current token is missing)"
     );
     assert!(
-        !q.is_empty() && q.len() % d == 0,
+        !q.is_empty() && q.len().checked_rem(d) == Some(0),
         "query length {} is not a positive multiple of the head dimension {d}",
         q.len()
     );

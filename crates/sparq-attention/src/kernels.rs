@@ -263,7 +263,10 @@ fn group_accumulate<'a>(
     let g = out.len() / d;
     let mut j = 0;
     while j + 4 <= n {
-        (j..j + 4).for_each(&ahead);
+        ahead(j);
+        ahead(j + 1);
+        ahead(j + 2);
+        ahead(j + 3);
         let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
         for h in 0..g {
             let wh = &w[h * stride + j..h * stride + j + 4];
@@ -334,13 +337,20 @@ fn prefetch(row: &[f32]) {
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         // Every 16th float and the last: a row need not start on a cache line.
-        let last = row.len().saturating_sub(1);
-        for i in (0..row.len()).step_by(16).chain(std::iter::once(last)) {
-            // SAFETY: a prefetch never faults, and `i` is inside the row; the intrinsic
-            // is safe to call on newer compilers, hence the allow.
-            #[allow(unused_unsafe)]
+        let n = row.len();
+        let mut i = 0;
+        while i < n {
+            // SAFETY: `i < n`, so the pointer stays inside the row; a prefetch never
+            // faults whatever the address.
             unsafe {
-                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(i).cast());
+                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(i).cast());
+            }
+            i += 16;
+        }
+        if n > 0 {
+            // SAFETY: as above, `n - 1` is the last element.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().add(n - 1).cast());
             }
         }
     }
@@ -520,11 +530,24 @@ pub(crate) fn top_k(scores: &[f32], k: usize, buf: &mut TopK, out: &mut Vec<u32>
     let (cut, above) = find_cut(&tables, k);
     let in_cut = (0..4).map(|t| tables[t][cut] as usize).sum::<usize>();
     let cut = cut as u16;
-    // Every index in or above the cut bucket, ascending.
+    // Every index in or above the cut bucket, ascending. Most blocks of 16 hold none
+    // (the cut keeps a small share), and a vectorised maximum skips them.
     let list = slots(&mut buf.list, above + in_cut + 1);
     let mut m = 0;
-    for (i, &id) in ids.iter().enumerate() {
-        list[m] = i as u32;
+    let blocks = ids.chunks_exact(16);
+    let tail = blocks.remainder();
+    for (b, block) in blocks.enumerate() {
+        let block: &[u16; 16] = block.try_into().expect("block of 16");
+        if block.iter().fold(0, |a, &id| a.max(id)) >= cut {
+            for (j, &id) in block.iter().enumerate() {
+                list[m] = (b * 16 + j) as u32;
+                m += (id >= cut) as usize;
+            }
+        }
+    }
+    let base = ids.len() - tail.len();
+    for (j, &id) in tail.iter().enumerate() {
+        list[m] = (base + j) as u32;
         m += (id >= cut) as usize;
     }
     debug_assert_eq!(m, above + in_cut);

@@ -6,7 +6,7 @@
 //! it against the model's [`ModelShape`] before any work, then [`MethodSpec::build`] an
 //! [`AttentionMethod`] per example and call [`AttentionMethod::attend`] once per decode
 //! step for every (branch, layer, KV head). [`transfer`] holds the cost formulas and
-//! [`bench`] the `sparq bench attention` measurement.
+//! [`mod@bench`] the `sparq bench attention` measurement.
 
 pub mod bench;
 pub mod cache;

@@ -79,8 +79,8 @@ fn weighted_values(w: &[f64], c: &Cache, sel: &[usize]) -> Vec<f64> {
     let d = c.values[0].len();
     let mut y = vec![0.0; d];
     for (&wj, &p) in w.iter().zip(sel) {
-        for i in 0..d {
-            y[i] += wj * c.values[p][i];
+        for (yi, v) in y.iter_mut().zip(&c.values[p]) {
+            *yi += wj * v;
         }
     }
     y
