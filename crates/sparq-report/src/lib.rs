@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod engine;
 pub mod plots;
 pub mod samples;
 pub mod tables;

@@ -73,13 +73,13 @@ pub fn rouge_l(prediction: &str, reference: &str) -> RougeScore {
 /// Length of the longest common subsequence, with two rolling rows of the usual
 /// dynamic programme; tokens are interned so the inner loop compares integers.
 fn lcs_len(a: &[String], b: &[String]) -> usize {
-    let mut ids: HashMap<&str, u32> = HashMap::new();
-    let mut intern = |s: &str| -> u32 {
+    fn intern<'a>(ids: &mut HashMap<&'a str, u32>, s: &'a str) -> u32 {
         let next = ids.len() as u32;
         *ids.entry(s).or_insert(next)
-    };
-    let a: Vec<u32> = a.iter().map(|s| intern(s)).collect();
-    let b: Vec<u32> = b.iter().map(|s| intern(s)).collect();
+    }
+    let mut ids: HashMap<&str, u32> = HashMap::new();
+    let a: Vec<u32> = a.iter().map(|s| intern(&mut ids, s)).collect();
+    let b: Vec<u32> = b.iter().map(|s| intern(&mut ids, s)).collect();
     let mut prev = vec![0usize; b.len() + 1];
     let mut cur = vec![0usize; b.len() + 1];
     for &x in &a {
