@@ -796,3 +796,11 @@ mod tests {
         assert!(exp(-1000.0) >= 0.0 && exp(-1000.0) < 1e-37);
     }
 }
+
+multiversion! {
+    /// Softmax of `xs` in place with the fast `exp` above: the dense prefill of the
+    /// runner uses it for its causal score rows.
+    pub fn softmax_in_place(xs: &mut [f32]) {
+        softmax_rows(xs, xs.len())
+    }
+}

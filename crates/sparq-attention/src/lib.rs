@@ -24,6 +24,7 @@ pub mod transfer;
 pub use bench::{bench_attention, BenchConfig, BenchError, BenchRow};
 pub use cache::{HeadKv, KvView};
 pub use dense::Dense;
+pub use kernels::softmax_in_place;
 pub use flexgen::FlexGen;
 pub use h2o::H2o;
 pub use kernels::{set_simd, simd_enabled};

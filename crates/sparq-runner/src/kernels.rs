@@ -59,33 +59,62 @@ fn dot_rows_f32(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
             return;
         }
     }
-    dot_rows_f32_generic(w, x, k, dst)
+    dot_rows_generic(w, x, k, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_f32_avx2(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
-    dot_rows_f32_generic(w, x, k, dst)
+    dot_rows_generic(w, x, k, dst)
+}
+
+/// Splits the branches into blocks of 8, 4, 2 and 1 so that each chunk of the weight
+/// row, once loaded, feeds every branch of the block from registers.
+#[inline(always)]
+fn dot_rows_generic(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
+    let mut b = 0;
+    let m = dst.len();
+    while b < m {
+        let left = m - b;
+        let xs = &x[b * k..];
+        let out = &mut dst[b..];
+        b += if left >= 8 {
+            dot_block::<8>(w, xs, k, out);
+            8
+        } else if left >= 4 {
+            dot_block::<4>(w, xs, k, out);
+            4
+        } else if left >= 2 {
+            dot_block::<2>(w, xs, k, out);
+            2
+        } else {
+            dot_block::<1>(w, xs, k, out);
+            1
+        };
+    }
 }
 
 #[inline(always)]
-fn dot_rows_f32_generic(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
-    for (b, d) in dst.iter_mut().enumerate() {
-        let xb = &x[b * k..(b + 1) * k];
-        let mut acc = [0.0f32; LANES];
-        let wc = w.chunks_exact(LANES);
-        let xc = xb.chunks_exact(LANES);
-        let (wr, xr) = (wc.remainder(), xc.remainder());
-        for (wl, xl) in wc.zip(xc) {
+fn dot_block<const M: usize>(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
+    let mut acc = [[0.0f32; LANES]; M];
+    let full = k / LANES * LANES;
+    let mut i = 0;
+    while i < full {
+        let wl = &w[i..i + LANES];
+        for (b, a) in acc.iter_mut().enumerate() {
+            let xl = &x[b * k + i..b * k + i + LANES];
             for l in 0..LANES {
-                acc[l] = wl[l].mul_add(xl[l], acc[l]);
+                a[l] = wl[l].mul_add(xl[l], a[l]);
             }
         }
-        let mut s: f32 = acc.iter().sum();
-        for (a, b) in wr.iter().zip(xr) {
-            s += a * b;
+        i += LANES;
+    }
+    for (b, a) in acc.iter().enumerate() {
+        let mut s: f32 = a.iter().sum();
+        for j in full..k {
+            s += w[j] * x[b * k + j];
         }
-        *d = s;
+        dst[b] = s;
     }
 }
 
@@ -107,38 +136,28 @@ unsafe fn dot_rows_bf16_avx2(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
     dot_rows_bf16_generic(w, x, k, dst)
 }
 
+/// Widens the row piece by piece (bf16 to f32 is a shift) into a stack buffer, then
+/// runs the f32 kernel on it; the partial sums of the pieces add up.
 #[inline(always)]
 fn dot_rows_bf16_generic(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
-    // Widen the row once (bf16 -> f32 is a shift), then reuse it for every branch.
-    let mut wf = [0.0f32; 4096];
+    const PIECE: usize = 1024;
+    let mut wf = [0.0f32; PIECE];
+    let mut xs = vec![0.0f32; dst.len() * PIECE.min(k)];
+    dst.iter_mut().for_each(|d| *d = 0.0);
+    let mut partial = vec![0.0f32; dst.len()];
     let mut start = 0;
-    let mut partial = [0.0f32; 64];
-    assert!(dst.len() <= partial.len());
     while start < k {
-        let len = (k - start).min(wf.len());
+        let len = (k - start).min(PIECE);
         for (d, s) in wf[..len].iter_mut().zip(&w[start..start + len]) {
             *d = f32::from_bits((s.to_bits() as u32) << 16);
         }
-        for (b, p) in partial[..dst.len()].iter_mut().enumerate() {
-            let xb = &x[b * k + start..b * k + start + len];
-            let mut acc = [0.0f32; LANES];
-            let wc = wf[..len].chunks_exact(LANES);
-            let xc = xb.chunks_exact(LANES);
-            let (wr, xr) = (wc.remainder(), xc.remainder());
-            for (wl, xl) in wc.zip(xc) {
-                for l in 0..LANES {
-                    acc[l] = wl[l].mul_add(xl[l], acc[l]);
-                }
-            }
-            let mut s: f32 = acc.iter().sum();
-            for (a, b) in wr.iter().zip(xr) {
-                s += a * b;
-            }
-            *p += s;
+        for b in 0..dst.len() {
+            xs[b * len..(b + 1) * len].copy_from_slice(&x[b * k + start..b * k + start + len]);
         }
+        dot_rows_generic(&wf[..len], &xs[..dst.len() * len], len, &mut partial);
+        dst.iter_mut().zip(&partial).for_each(|(d, p)| *d += p);
         start += len;
     }
-    dst.copy_from_slice(&partial[..dst.len()]);
 }
 
 /// In-place RMS normalisation of each `weight.len()`-long row of `x`.

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Storage, Tensor, D};
+use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 use sparq_attention::{AttentionMethod, HeadKv, HeadState, KvView, ModelShape};
 
@@ -37,7 +37,7 @@ impl std::str::FromStr for WeightDtype {
 
 /// Query rows per block in prefill attention: later blocks see more keys, and no block
 /// computes scores for keys after its last query.
-const PREFILL_BLOCK: usize = 256;
+const PREFILL_BLOCK: usize = 128;
 
 /// A weight matrix `[out, in]`, kept as a candle tensor (for prefill matmuls) whose
 /// storage the decode kernels read directly.
@@ -223,7 +223,6 @@ impl Llama {
             )));
         }
         let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let g = nh / nkv;
         let dev = Device::Cpu;
         let ids = Tensor::new(tokens, &dev)?;
         // 1. token embeddings
@@ -250,8 +249,11 @@ impl Llama {
                 .squeeze(0)?;
             let v = heads(nh + nkv, nkv)?;
             // 3. causal attention, block by block
-            let (attn, mass) = causal_attention(&q, &k, &v, g, with_mass)?;
-            let attn = attn.transpose(0, 1)?.reshape((s, nh * d))?;
+            let q = q.flatten_all()?.to_vec1::<f32>()?;
+            let k = k.flatten_all()?.to_vec1::<f32>()?;
+            let v = v.flatten_all()?.to_vec1::<f32>()?;
+            let (attn, mass) = causal_attention(&q, &k, &v, (nh, nkv, s, d), with_mass);
+            let attn = Tensor::from_vec(attn, (s, nh * d), &dev)?;
             x = (x + layer.o.forward(&attn)?)?;
             // 4. MLP block
             let hn = rms_norm_rows(&x, &layer.post_attention_norm, c.rms_norm_eps)?;
@@ -260,13 +262,10 @@ impl Llama {
             let act = (candle_nn::ops::silu(&gu.narrow(1, 0, i_dim)?)? * gu.narrow(1, i_dim, i_dim)?)?;
             x = (x + layer.down.forward(&act)?)?;
             // 5. keep this layer's cache
-            let k_rows = k.to_vec3::<f32>()?;
-            let v_rows = v.to_vec3::<f32>()?;
             kv.push(
-                k_rows
-                    .iter()
-                    .zip(&v_rows)
-                    .map(|(kh, vh)| HeadKv::from_rows(d, &kh.concat(), &vh.concat()))
+                k.chunks(s * d)
+                    .zip(v.chunks(s * d))
+                    .map(|(kh, vh)| HeadKv::from_rows(d, kh, vh))
                     .collect(),
             );
             if let (Some(all), Some(m)) = (mass_all.as_mut(), mass) {
@@ -435,46 +434,94 @@ fn rms_norm_rows(x: &Tensor, weight: &[f32], eps: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(x, &w, eps as f32)?)
 }
 
-/// Causal attention of `q` (`[nh, s, d]`) over `k`, `v` (`[nkv, s, d]`), with `g` query
-/// heads per KV head. Queries go in blocks; a block only scores the keys up to its last
-/// query. Returns the output `[nh, s, d]` and, when asked, the attention mass each
-/// position received from all queries (`[nkv][s]`, averaged over each group).
+/// Causal attention of `q` (`[nh, s, d]`, row-major) over `k`, `v` (`[nkv, s, d]`),
+/// with `g` query heads per KV head; returns the output as `[s, nh * d]` (the layout
+/// the output projection reads) and, when asked, the attention mass each position
+/// received from all queries (`[nkv][s]`, averaged over each group).
+///
+/// Work goes in (KV head, query block) tasks: a block scores only the keys up to its
+/// last query, and the softmax is applied in place, so no masked score is computed
+/// beyond the block's diagonal and no score matrix is copied.
 fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (nh, nkv, s, d): (usize, usize, usize, usize),
     with_mass: bool,
-) -> Result<(Tensor, Option<Vec<Vec<f32>>>)> {
-    let (nh, s, d) = q.dims3()?;
-    let nkv = nh / g;
-    let scale = 1.0 / (d as f64).sqrt();
-    let dev = q.device();
-    let grouped = q.reshape((nkv, g, s, d))?;
-    let mut outs = Vec::new();
-    let mut mass = with_mass.then(|| vec![vec![0.0f32; s]; nkv]);
-    let mut start = 0;
-    while start < s {
-        let len = PREFILL_BLOCK.min(s - start);
-        let end = start + len;
-        let qb = grouped.narrow(2, start, len)?.contiguous()?.reshape((nkv, g * len, d))?;
-        let kb = k.narrow(1, 0, end)?;
-        let vb = v.narrow(1, 0, end)?;
-        let scores = (qb.matmul(&kb.t()?)? * scale)?.reshape((nkv, g, len, end))?;
-        let mask: Vec<f32> = (0..len)
-            .flat_map(|i| (0..end).map(move |j| if j <= start + i { 0.0 } else { f32::NEG_INFINITY }))
-            .collect();
-        let mask = Tensor::from_vec(mask, (1, 1, len, end), dev)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
-        if let Some(mass) = mass.as_mut() {
-            let received = (probs.sum(D::Minus2)?.sum(1)? / g as f64)?.to_vec2::<f32>()?;
-            for (acc, r) in mass.iter_mut().zip(received) {
-                acc[..end].iter_mut().zip(r).for_each(|(a, b)| *a += b);
+) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
+    let g = nh / nkv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let blocks: Vec<(usize, usize)> = (0..s.div_ceil(PREFILL_BLOCK))
+        .flat_map(|b| (0..nkv).map(move |kvh| (kvh, b * PREFILL_BLOCK)))
+        .collect();
+    let results: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = blocks
+        .into_par_iter()
+        .map(|(kvh, start)| {
+            let len = PREFILL_BLOCK.min(s - start);
+            let end = start + len;
+            let kh = &k[kvh * s * d..(kvh + 1) * s * d];
+            let vh = &v[kvh * s * d..(kvh + 1) * s * d];
+            let mut out = vec![0.0f32; g * len * d];
+            let mut mass = if with_mass { vec![0.0f32; end] } else { Vec::new() };
+            let mut scores = vec![0.0f32; len * end];
+            for j in 0..g {
+                let h = kvh * g + j;
+                let qh = &q[(h * s + start) * d..(h * s + end) * d];
+                // SAFETY: every pointer/stride pair addresses only the slices above:
+                // scores `len x end`, q rows `len x d`, keys `end x d` read transposed.
+                unsafe {
+                    gemm::gemm(
+                        len, end, d,
+                        scores.as_mut_ptr(), 1, end as isize,
+                        false,
+                        qh.as_ptr(), 1, d as isize,
+                        kh.as_ptr(), d as isize, 1,
+                        0.0, scale,
+                        false, false, false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for (i, row) in scores.chunks_mut(end).enumerate() {
+                    let valid = start + i + 1;
+                    let (live, masked) = row.split_at_mut(valid);
+                    sparq_attention::softmax_in_place(live);
+                    masked.fill(0.0);
+                    if with_mass {
+                        mass[..valid].iter_mut().zip(live.iter()).for_each(|(m, p)| *m += p / g as f32);
+                    }
+                }
+                let oj = &mut out[j * len * d..(j + 1) * len * d];
+                // SAFETY: output `len x d`, probabilities `len x end`, values `end x d`.
+                unsafe {
+                    gemm::gemm(
+                        len, d, end,
+                        oj.as_mut_ptr(), 1, d as isize,
+                        false,
+                        scores.as_ptr(), 1, end as isize,
+                        vh.as_ptr(), 1, d as isize,
+                        0.0, 1.0,
+                        false, false, false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+            (kvh, start, out, mass)
+        })
+        .collect();
+    let mut attn = vec![0.0f32; s * nh * d];
+    let mut mass_all = with_mass.then(|| vec![vec![0.0f32; s]; nkv]);
+    for (kvh, start, out, mass) in results {
+        let len = out.len() / (g * d);
+        for j in 0..g {
+            let h = kvh * g + j;
+            for i in 0..len {
+                let dst = (start + i) * nh * d + h * d;
+                attn[dst..dst + d].copy_from_slice(&out[(j * len + i) * d..(j * len + i + 1) * d]);
             }
         }
-        let out = probs.reshape((nkv, g * len, end))?.matmul(&vb.contiguous()?)?;
-        outs.push(out.reshape((nh, len, d))?);
-        start = end;
+        if let Some(all) = mass_all.as_mut() {
+            all[kvh][..mass.len()].iter_mut().zip(&mass).for_each(|(a, m)| *a += m);
+        }
     }
-    Ok((Tensor::cat(&outs, 1)?, mass))
+    (attn, mass_all)
 }
