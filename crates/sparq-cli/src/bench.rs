@@ -11,6 +11,32 @@ use crate::{load_model, parse_methods, ModelArgs};
 pub enum BenchCommand {
     /// Prefill and decode throughput of a model (tokens per second).
     Model(BenchModelArgs),
+    /// One decode-step attention over a synthetic cache per method, beside dense and
+    /// the machine's measured copy bandwidth.
+    Attention(BenchAttentionArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchAttentionArgs {
+    /// Cached positions S (comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "16384")]
+    seq_len: Vec<usize>,
+    /// Head dimension d (comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    head_dim: Vec<usize>,
+    #[arg(long, default_value_t = 8)]
+    kv_heads: usize,
+    /// Query heads per KV head (comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    group: Vec<usize>,
+    /// Method specs (repeatable); dense is always measured as the reference.
+    #[arg(long = "method", default_value = "sparq:ratio=1/8")]
+    methods: Vec<String>,
+    /// Timed steps per method (the median is reported).
+    #[arg(long, default_value_t = 9)]
+    repeats: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -49,6 +75,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Model(args) => bench_model(args),
+        BenchCommand::Attention(args) => bench_attention(args),
     }
 }
 
@@ -120,6 +147,43 @@ fn bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
             "| {} | {:?} | {} | {} | {} | {} | {:.1} | {:.1} |",
             loaded.name, args.model.dtype, spec, args.prompt_tokens, args.new_tokens, args.branches, p, d
         );
+    }
+    Ok(())
+}
+
+fn bench_attention(args: BenchAttentionArgs) -> anyhow::Result<()> {
+    let specs = parse_methods(&args.methods)?;
+    let mut rows = Vec::new();
+    for &seq_len in &args.seq_len {
+        for &head_dim in &args.head_dim {
+            for &group in &args.group {
+                let cfg = sparq_attention::BenchConfig {
+                    seq_len,
+                    head_dim,
+                    kv_heads: args.kv_heads,
+                    group,
+                    repeats: args.repeats,
+                    ..Default::default()
+                };
+                rows.extend(sparq_attention::bench_attention(&cfg, &specs)?);
+            }
+        }
+    }
+    if args.json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "method": r.method, "seq_len": r.seq_len, "head_dim": r.head_dim,
+                    "kv_heads": r.kv_heads, "group": r.group, "time_us": r.time_us,
+                    "speedup": r.speedup, "predicted_speedup": r.predicted_speedup,
+                    "bytes_per_s": r.bytes_per_s,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        print!("{}", sparq_attention::bench::table(&rows));
     }
     Ok(())
 }
