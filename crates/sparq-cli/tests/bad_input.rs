@@ -130,7 +130,7 @@ fn truncated_safetensors_is_named() {
 fn long_prompt_is_cut_from_the_left_and_the_count_reported() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(dir.path(), 64);
-    let prompt = "word ".repeat(100);
+    let prompt = "word ".repeat(100).trim_end().to_string(); // 100 tokens
     let (ok, out, err) = sparq(&[
         "generate", "--model", dir.path().to_str().unwrap(), "--prompt", &prompt,
         "--max-new-tokens", "4", "--json",
