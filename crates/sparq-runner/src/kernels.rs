@@ -72,37 +72,45 @@ unsafe fn dot_rows_f32_avx2(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
 /// row, once loaded, feeds every branch of the block from registers.
 #[inline(always)]
 fn dot_rows_generic(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
+    dst.iter_mut().for_each(|d| *d = 0.0);
+    dot_rows_add(w, x, k, dst);
+}
+
+/// `dst[b] += w . x[b][..w.len()]`, where row `b` of `x` starts at `b * stride`.
+#[inline(always)]
+fn dot_rows_add(w: &[f32], x: &[f32], stride: usize, dst: &mut [f32]) {
     let mut b = 0;
     let m = dst.len();
     while b < m {
         let left = m - b;
-        let xs = &x[b * k..];
+        let xs = &x[b * stride..];
         let out = &mut dst[b..];
         b += if left >= 8 {
-            dot_block::<8>(w, xs, k, out);
+            dot_block::<8>(w, xs, stride, out);
             8
         } else if left >= 4 {
-            dot_block::<4>(w, xs, k, out);
+            dot_block::<4>(w, xs, stride, out);
             4
         } else if left >= 2 {
-            dot_block::<2>(w, xs, k, out);
+            dot_block::<2>(w, xs, stride, out);
             2
         } else {
-            dot_block::<1>(w, xs, k, out);
+            dot_block::<1>(w, xs, stride, out);
             1
         };
     }
 }
 
 #[inline(always)]
-fn dot_block<const M: usize>(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
+fn dot_block<const M: usize>(w: &[f32], x: &[f32], stride: usize, dst: &mut [f32]) {
+    let n = w.len();
     let mut acc = [[0.0f32; LANES]; M];
-    let full = k / LANES * LANES;
+    let full = n / LANES * LANES;
     let mut i = 0;
     while i < full {
         let wl = &w[i..i + LANES];
         for (b, a) in acc.iter_mut().enumerate() {
-            let xl = &x[b * k + i..b * k + i + LANES];
+            let xl = &x[b * stride + i..b * stride + i + LANES];
             for l in 0..LANES {
                 a[l] = wl[l].mul_add(xl[l], a[l]);
             }
@@ -111,10 +119,10 @@ fn dot_block<const M: usize>(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
     }
     for (b, a) in acc.iter().enumerate() {
         let mut s: f32 = a.iter().sum();
-        for j in full..k {
-            s += w[j] * x[b * k + j];
+        for j in full..n {
+            s += w[j] * x[b * stride + j];
         }
-        dst[b] = s;
+        dst[b] += s;
     }
 }
 
@@ -136,26 +144,20 @@ unsafe fn dot_rows_bf16_avx2(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
     dot_rows_bf16_generic(w, x, k, dst)
 }
 
-/// Widens the row piece by piece (bf16 to f32 is a shift) into a stack buffer, then
-/// runs the f32 kernel on it; the partial sums of the pieces add up.
+/// Widens the row piece by piece (bf16 to f32 is a shift) into a stack buffer and
+/// accumulates each piece's dot products with the f32 kernel.
 #[inline(always)]
 fn dot_rows_bf16_generic(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
     const PIECE: usize = 1024;
     let mut wf = [0.0f32; PIECE];
-    let mut xs = vec![0.0f32; dst.len() * PIECE.min(k)];
     dst.iter_mut().for_each(|d| *d = 0.0);
-    let mut partial = vec![0.0f32; dst.len()];
     let mut start = 0;
     while start < k {
         let len = (k - start).min(PIECE);
         for (d, s) in wf[..len].iter_mut().zip(&w[start..start + len]) {
             *d = f32::from_bits((s.to_bits() as u32) << 16);
         }
-        for b in 0..dst.len() {
-            xs[b * len..(b + 1) * len].copy_from_slice(&x[b * k + start..b * k + start + len]);
-        }
-        dot_rows_generic(&wf[..len], &xs[..dst.len() * len], len, &mut partial);
-        dst.iter_mut().zip(&partial).for_each(|(d, p)| *d += p);
+        dot_rows_add(&wf[..len], &x[start..], k, dst);
         start += len;
     }
 }
