@@ -22,8 +22,9 @@ pub struct EvalArgs {
     /// Examples per task (the first N of the task's seeded order).
     #[arg(long)]
     limit: Option<usize>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Overrides each task's declared seed (tasks/*.toml).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Local data sets laid out as shared/data; without it tasks load from the hub.
     #[arg(long, env = env::SPARQ_DATA_DIR)]
     data_dir: Option<PathBuf>,
@@ -95,8 +96,8 @@ pub fn sweep(args: SweepArgs) -> anyhow::Result<()> {
             if let Some(l) = args.limit {
                 c.limit = Some(l);
             }
-            if let Some(s) = args.seed {
-                c.seed = s;
+            if args.seed.is_some() {
+                c.seed = args.seed;
             }
             if args.data_dir.is_some() {
                 c.data_dir = args.data_dir.clone();
@@ -111,7 +112,7 @@ pub fn sweep(args: SweepArgs) -> anyhow::Result<()> {
                 ratios: args.ratios,
                 ratio_methods: None,
                 limit: args.limit,
-                seed: args.seed.unwrap_or(0),
+                seed: args.seed,
                 data_dir: args.data_dir.clone(),
             },
             "flags".to_string(),

@@ -65,8 +65,9 @@ pub struct SweepConfig {
     /// Examples per task (the first `limit` after the task's seeded order).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Overrides every task's declared seed; `None` keeps each task's own.
     #[serde(default)]
-    pub seed: u64,
+    pub seed: Option<u64>,
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
 }
@@ -186,7 +187,7 @@ pub struct SweepGrid {
     pub ratios: Vec<Ratio>,
     pub ratio_methods: Vec<String>,
     pub limit: Option<usize>,
-    pub seed: u64,
+    pub seed: Option<u64>,
     pub data_dir: Option<PathBuf>,
 }
 
@@ -280,7 +281,8 @@ pub struct RunManifest {
     pub ratio_methods: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
-    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
     /// Every (model, task) expanded so far, with its settings.

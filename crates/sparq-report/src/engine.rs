@@ -37,8 +37,9 @@ pub enum EngineError {
     #[error("task {task}: {source}")]
     Task {
         task: String,
+        // Boxed: the task error is large and this enum travels on every return.
         #[source]
-        source: sparq_tasks::TaskError,
+        source: Box<sparq_tasks::TaskError>,
     },
 }
 
@@ -160,13 +161,13 @@ pub fn run_grid(grid: &SweepGrid, out_dir: &Path, options: &EngineOptions) -> Re
                 task_name,
                 &LoadOptions {
                     data_dir: grid.data_dir.clone(),
-                    seed: Some(grid.seed),
+                    seed: grid.seed,
                     limit: grid.limit,
                     pythia_prompt: false,
                 },
                 &Counter(&loaded.tokenizer),
             )
-            .map_err(|source| EngineError::Task { task: task_name.clone(), source })?;
+            .map_err(|source| EngineError::Task { task: task_name.clone(), source: Box::new(source) })?;
             for (reason, n) in &task.summary.skipped {
                 summary.unbuildable.push(format!("{task_name}: {n} skipped ({reason})"));
             }

@@ -179,7 +179,8 @@ impl LlamaConfig {
     }
 
     fn check(&self, path: &Path) -> Result<()> {
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
+        if self.num_key_value_heads == 0
+            || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads)
         {
             return Err(RunnerError::field(
                 path,
@@ -190,7 +191,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 || self.head_dim == 0 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
             return Err(RunnerError::field(path, "head_dim", "must be even and positive"));
         }
         Ok(())
