@@ -82,7 +82,10 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 fn bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.branches >= 1, "--branches must be at least 1");
     anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
-    anyhow::ensure!(args.prompt_tokens >= 1, "--prompt-tokens must be at least 1");
+    anyhow::ensure!(
+        args.prompt_tokens >= 1,
+        "--prompt-tokens must be at least 1"
+    );
     let spec = parse_methods(std::slice::from_ref(&args.method))?.remove(0);
     let loaded = load_model(&args.model)?;
     let model = &loaded.model;
@@ -99,7 +102,9 @@ fn bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let prompt: Vec<u32> = (0..args.prompt_tokens)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 33) % vocab) as u32
         })
         .collect();
@@ -145,7 +150,14 @@ fn bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
         println!("|---|---|---|---|---|---|---|---|");
         println!(
             "| {} | {:?} | {} | {} | {} | {} | {:.1} | {:.1} |",
-            loaded.name, args.model.dtype, spec, args.prompt_tokens, args.new_tokens, args.branches, p, d
+            loaded.name,
+            args.model.dtype,
+            spec,
+            args.prompt_tokens,
+            args.new_tokens,
+            args.branches,
+            p,
+            d
         );
     }
     Ok(())

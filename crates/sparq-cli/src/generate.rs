@@ -13,7 +13,11 @@ pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// The prompt text (special tokens written in it are recognised).
-    #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    #[arg(
+        long,
+        conflicts_with = "prompt_file",
+        required_unless_present = "prompt_file"
+    )]
     prompt: Option<String>,
     /// A file holding the prompt text.
     #[arg(long)]
@@ -40,11 +44,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let loaded = load_model(&args.model)?;
     let shape = loaded.model.shape();
     for s in &specs {
-        s.validate(&shape).map_err(|e| anyhow::anyhow!("--method {s}: {e}"))?;
+        s.validate(&shape)
+            .map_err(|e| anyhow::anyhow!("--method {s}: {e}"))?;
     }
     let max_pos = loaded.model.config().max_position_embeddings;
     if args.max_new_tokens >= max_pos {
-        anyhow::bail!("--max-new-tokens {} leaves no room for a prompt in the model's {max_pos} positions", args.max_new_tokens);
+        anyhow::bail!(
+            "--max-new-tokens {} leaves no room for a prompt in the model's {max_pos} positions",
+            args.max_new_tokens
+        );
     }
     let tokens = loaded.tokenizer.encode(&prompt)?;
     let (tokens, cut) = left_truncate(&tokens, max_pos - args.max_new_tokens);

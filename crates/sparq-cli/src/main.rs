@@ -9,7 +9,11 @@ mod run;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sparq", version, about = "Measure what sparse attention (SparQ and its baselines) costs a language model in accuracy")]
+#[command(
+    name = "sparq",
+    version,
+    about = "Measure what sparse attention (SparQ and its baselines) costs a language model in accuracy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -127,7 +131,13 @@ fn print_methods() {
     println!("|---|---|---|---|");
     for m in sparq_attention::registry() {
         let keys: Vec<String> = m.keys.iter().map(|(k, d)| format!("{k} ({d})")).collect();
-        println!("| {} | {} | {} | {} |", m.name, keys.join(", "), m.description, m.paper);
+        println!(
+            "| {} | {} | {} | {} |",
+            m.name,
+            keys.join(", "),
+            m.description,
+            m.paper
+        );
     }
 }
 
@@ -135,7 +145,10 @@ fn print_tasks() -> anyhow::Result<()> {
     println!("| task | version | metric | description |");
     println!("|---|---|---|---|");
     for t in sparq_tasks::list_tasks()? {
-        println!("| {} | {} | {} | {} |", t.name, t.version, t.metric, t.description);
+        println!(
+            "| {} | {} | {} | {} |",
+            t.name, t.version, t.metric, t.description
+        );
     }
     Ok(())
 }

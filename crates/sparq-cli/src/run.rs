@@ -83,7 +83,11 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.model.model == env::DEFAULT_MODEL {
         crate::check_default_model()?;
     }
-    let options = EngineOptions { dtype: args.model.dtype, overwrite: args.overwrite, progress: progress() };
+    let options = EngineOptions {
+        dtype: args.model.dtype,
+        overwrite: args.overwrite,
+        progress: progress(),
+    };
     let summary = run_grid(&grid, &args.output_dir, &options)?;
     print_summary(&args.output_dir, &summary);
     Ok(())
@@ -119,7 +123,11 @@ pub fn sweep(args: SweepArgs) -> anyhow::Result<()> {
         ),
     };
     let grid = config.validate(&origin)?;
-    let options = EngineOptions { dtype: args.dtype, overwrite: args.overwrite, progress: progress() };
+    let options = EngineOptions {
+        dtype: args.dtype,
+        overwrite: args.overwrite,
+        progress: progress(),
+    };
     let summary = run_grid(&grid, &args.output_dir, &options)?;
     print_summary(&args.output_dir, &summary);
     Ok(())

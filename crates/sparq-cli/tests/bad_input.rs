@@ -43,7 +43,13 @@ fn assert_clean_failure(args: &[&str], needles: &[&str]) {
 #[test]
 fn missing_model_file_is_named() {
     assert_clean_failure(
-        &["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"],
+        &[
+            "generate",
+            "--model",
+            "/nonexistent/model.gguf",
+            "--prompt",
+            "hi",
+        ],
         &["/nonexistent/model.gguf", "does not exist"],
     );
 }
@@ -55,7 +61,13 @@ fn truncated_gguf_is_reported_as_truncated() {
     let bytes = std::fs::read(default_model()).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     assert_clean_failure(
-        &["generate", "--model", cut.to_str().unwrap(), "--prompt", "hi"],
+        &[
+            "generate",
+            "--model",
+            cut.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
         &["cut.gguf", "truncated"],
     );
 }
@@ -78,11 +90,20 @@ fn write_config(dir: &Path, json: &str) {
 #[test]
 fn unknown_architecture_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), r#"{"architectures": ["GPT2LMHeadModel"], "hidden_size": 8}"#);
+    write_config(
+        dir.path(),
+        r#"{"architectures": ["GPT2LMHeadModel"], "hidden_size": 8}"#,
+    );
     std::fs::write(dir.path().join("model.safetensors"), b"").unwrap();
     std::fs::write(dir.path().join("tokenizer.json"), tokenizer_json()).unwrap();
     assert_clean_failure(
-        &["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi"],
+        &[
+            "generate",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
         &["config.json", "GPT2LMHeadModel", "LlamaForCausalLM"],
     );
 }
@@ -97,7 +118,13 @@ fn config_without_a_needed_field_names_it() {
     std::fs::write(dir.path().join("model.safetensors"), b"").unwrap();
     std::fs::write(dir.path().join("tokenizer.json"), tokenizer_json()).unwrap();
     assert_clean_failure(
-        &["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi"],
+        &[
+            "generate",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
         &["config.json", "intermediate_size", "required"],
     );
 }
@@ -108,7 +135,13 @@ fn tokenizer_that_cannot_be_built_is_named() {
     write_tiny_model(dir.path(), 64);
     std::fs::write(dir.path().join("tokenizer.json"), "{\"version\": \"1.0\"}").unwrap();
     assert_clean_failure(
-        &["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi"],
+        &[
+            "generate",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
         &["tokenizer.json", "cannot be read"],
     );
 }
@@ -121,7 +154,13 @@ fn truncated_safetensors_is_named() {
     let bytes = std::fs::read(&st).unwrap();
     std::fs::write(&st, &bytes[..bytes.len() - 100]).unwrap();
     assert_clean_failure(
-        &["generate", "--model", dir.path().to_str().unwrap(), "--prompt", "hi"],
+        &[
+            "generate",
+            "--model",
+            dir.path().to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ],
         &["model.safetensors"],
     );
 }
@@ -132,15 +171,25 @@ fn long_prompt_is_cut_from_the_left_and_the_count_reported() {
     write_tiny_model(dir.path(), 64);
     let prompt = "word ".repeat(100).trim_end().to_string(); // 100 tokens
     let (ok, out, err) = sparq(&[
-        "generate", "--model", dir.path().to_str().unwrap(), "--prompt", &prompt,
-        "--max-new-tokens", "4", "--json",
+        "generate",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--prompt",
+        &prompt,
+        "--max-new-tokens",
+        "4",
+        "--json",
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let kept = v["prompt_tokens"].as_array().unwrap().len();
     let cut = v["truncated_tokens"].as_u64().unwrap() as usize;
     assert_eq!(kept, 60, "64 positions minus 4 new tokens");
-    assert_eq!(kept + cut, 100, "every prompt token is kept or counted as cut");
+    assert_eq!(
+        kept + cut,
+        100,
+        "every prompt token is kept or counted as cut"
+    );
     assert!(err.contains(&format!("cut {cut} from the left")), "{err}");
     assert_eq!(v["output_tokens"].as_array().unwrap().len(), 4);
 }
@@ -148,7 +197,15 @@ fn long_prompt_is_cut_from_the_left_and_the_count_reported() {
 #[test]
 fn bad_method_spec_is_refused_before_loading_the_model() {
     assert_clean_failure(
-        &["generate", "--model", "/nonexistent.gguf", "--prompt", "hi", "--method", "sparq:r=0,k=8"],
+        &[
+            "generate",
+            "--model",
+            "/nonexistent.gguf",
+            "--prompt",
+            "hi",
+            "--method",
+            "sparq:r=0,k=8",
+        ],
         &["--method sparq:r=0,k=8", "r"],
     );
 }
@@ -182,13 +239,22 @@ fn write_tiny_model(dir: &Path, positions: usize) {
     let rand = |shape: &[usize]| Tensor::randn(0f32, 0.5, shape, &dev).unwrap();
     let mut t = HashMap::new();
     t.insert("model.embed_tokens.weight".to_string(), rand(&[vocab, h]));
-    t.insert("model.norm.weight".to_string(), Tensor::ones(h, candle_core::DType::F32, &dev).unwrap());
+    t.insert(
+        "model.norm.weight".to_string(),
+        Tensor::ones(h, candle_core::DType::F32, &dev).unwrap(),
+    );
     for l in 0..layers {
         let p = format!("model.layers.{l}");
-        t.insert(format!("{p}.self_attn.q_proj.weight"), rand(&[heads * d, h]));
+        t.insert(
+            format!("{p}.self_attn.q_proj.weight"),
+            rand(&[heads * d, h]),
+        );
         t.insert(format!("{p}.self_attn.k_proj.weight"), rand(&[kv * d, h]));
         t.insert(format!("{p}.self_attn.v_proj.weight"), rand(&[kv * d, h]));
-        t.insert(format!("{p}.self_attn.o_proj.weight"), rand(&[h, heads * d]));
+        t.insert(
+            format!("{p}.self_attn.o_proj.weight"),
+            rand(&[h, heads * d]),
+        );
         t.insert(format!("{p}.mlp.gate_proj.weight"), rand(&[i, h]));
         t.insert(format!("{p}.mlp.up_proj.weight"), rand(&[i, h]));
         t.insert(format!("{p}.mlp.down_proj.weight"), rand(&[h, i]));

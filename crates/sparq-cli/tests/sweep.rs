@@ -19,24 +19,35 @@ fn default_model() -> String {
 /// Two small custom tasks (short prompts keep the test fast; the built-in tasks are
 /// exercised by the eval test).
 fn write_tasks(dir: &Path) -> (String, String) {
-    let passage = "The lighthouse keeper climbed the stairs every evening at dusk, trimmed the wick, \
+    let passage =
+        "The lighthouse keeper climbed the stairs every evening at dusk, trimmed the wick, \
                    polished the great lens and watched the ships pass the headland. ";
     let repeat = dir.join("repeat.jsonl");
     let mut lines = Vec::new();
     for i in 0..4 {
-        let input = format!("{}{passage}{passage}The lighthouse keeper", "Story number ".repeat(i + 1));
-        lines.push(serde_json::json!({
-            "id": format!("r{i}"), "input": input,
-            "references": [" climbed the stairs every evening at dusk"],
-            "metric": "match-chars", "max_new_tokens": 10
-        }).to_string());
+        let input = format!(
+            "{}{passage}{passage}The lighthouse keeper",
+            "Story number ".repeat(i + 1)
+        );
+        lines.push(
+            serde_json::json!({
+                "id": format!("r{i}"), "input": input,
+                "references": [" climbed the stairs every evening at dusk"],
+                "metric": "match-chars", "max_new_tokens": 10
+            })
+            .to_string(),
+        );
     }
     std::fs::write(&repeat, lines.join("\n") + "\n").unwrap();
     let qa = dir.join("qa.jsonl");
     let mut lines = Vec::new();
-    for (i, (q, a)) in [("What did the keeper polish?", "the great lens"), ("When did he climb?", "at dusk"), ("What passed the headland?", "ships")]
-        .iter()
-        .enumerate()
+    for (i, (q, a)) in [
+        ("What did the keeper polish?", "the great lens"),
+        ("When did he climb?", "at dusk"),
+        ("What passed the headland?", "ships"),
+    ]
+    .iter()
+    .enumerate()
     {
         lines.push(serde_json::json!({
             "id": format!("q{i}"), "input": format!("{passage}{passage}\nQuestion: {q}\nAnswer:"),
@@ -49,10 +60,19 @@ fn write_tasks(dir: &Path) -> (String, String) {
 
 fn sweep_args(tasks: &(String, String), out: &Path) -> Vec<String> {
     let mut args: Vec<String> = vec![
-        "sweep".into(), "--models".into(), default_model(),
-        "--tasks".into(), format!("{},{}", tasks.0, tasks.1),
+        "sweep".into(),
+        "--models".into(),
+        default_model(),
+        "--tasks".into(),
+        format!("{},{}", tasks.0, tasks.1),
     ];
-    for m in ["sparq:r=8,k=16", "sparq:r=32,k=32", "h2o:k=16", "lminf:k=24", "flexgen:k=16"] {
+    for m in [
+        "sparq:r=8,k=16",
+        "sparq:r=32,k=32",
+        "h2o:k=16",
+        "lminf:k=24",
+        "flexgen:k=16",
+    ] {
         args.push("--method".into());
         args.push(m.into());
     }
@@ -62,12 +82,22 @@ fn sweep_args(tasks: &(String, String), out: &Path) -> Vec<String> {
 }
 
 fn run(args: &[String]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sparq")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_sparq"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(String::from).collect();
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     lines.sort();
     lines
 }
@@ -83,7 +113,11 @@ fn killed_sweep_resumes_to_the_clean_result() {
     assert!(ok, "{err}");
     let clean_time = started.elapsed();
     let clean_rows = sorted_lines(&clean.join("samples.jsonl"));
-    assert_eq!(clean_rows.len(), (4 + 3) * 6, "every (example, setting) once: {err}");
+    assert_eq!(
+        clean_rows.len(),
+        (4 + 3) * 6,
+        "every (example, setting) once: {err}"
+    );
     for f in ["results.csv", "report.md", "run.toml", "plots"] {
         assert!(clean.join(f).exists(), "{f} written");
     }
@@ -91,7 +125,10 @@ fn killed_sweep_resumes_to_the_clean_result() {
     // Kill at a random moment inside the run, then resume; repeat to land in
     // different places (before any record, mid-way, near the end).
     let killed = tmp.path().join("killed");
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
     for attempt in 0..2u64 {
         let frac = ((nanos >> (attempt * 8)) % 90 + 5) as f64 / 100.0;
         let mut child = Command::new(env!("CARGO_BIN_EXE_sparq"))
@@ -106,7 +143,11 @@ fn killed_sweep_resumes_to_the_clean_result() {
     }
     let (ok, err) = run(&sweep_args(&tasks, &killed));
     assert!(ok, "resume failed: {err}");
-    assert_eq!(sorted_lines(&killed.join("samples.jsonl")), clean_rows, "none lost, none twice");
+    assert_eq!(
+        sorted_lines(&killed.join("samples.jsonl")),
+        clean_rows,
+        "none lost, none twice"
+    );
     assert_eq!(
         std::fs::read_to_string(killed.join("results.csv")).unwrap(),
         std::fs::read_to_string(clean.join("results.csv")).unwrap()
@@ -123,13 +164,20 @@ fn killed_sweep_resumes_to_the_clean_result() {
     other.insert(6, "oracle:k=16".into());
     let (ok, err) = run(&other);
     assert!(!ok && err.contains("different grid"), "{err}");
-    assert_eq!(sorted_lines(&clean.join("samples.jsonl")), clean_rows, "refusal wrote nothing");
+    assert_eq!(
+        sorted_lines(&clean.join("samples.jsonl")),
+        clean_rows,
+        "refusal wrote nothing"
+    );
 
     // --overwrite starts afresh with the new grid.
     other.push("--overwrite".into());
     let (ok, err) = run(&other);
     assert!(ok, "{err}");
-    assert_eq!(sorted_lines(&clean.join("samples.jsonl")).len(), (4 + 3) * 7);
+    assert_eq!(
+        sorted_lines(&clean.join("samples.jsonl")).len(),
+        (4 + 3) * 7
+    );
 }
 
 #[test]
@@ -138,9 +186,25 @@ fn bad_grids_are_refused_before_model_work() {
     let out = tmp.path().join("out");
     let model = default_model();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--models", "/nonexistent/m.gguf", "--tasks", "squad"], "/nonexistent/m.gguf"),
-        (vec!["--models", &model, "--tasks", "no_such_task"], "no_such_task"),
-        (vec!["--models", &model, "--tasks", "squad", "--method", "sparq:q=1"], "`q`"),
+        (
+            vec!["--models", "/nonexistent/m.gguf", "--tasks", "squad"],
+            "/nonexistent/m.gguf",
+        ),
+        (
+            vec!["--models", &model, "--tasks", "no_such_task"],
+            "no_such_task",
+        ),
+        (
+            vec![
+                "--models",
+                &model,
+                "--tasks",
+                "squad",
+                "--method",
+                "sparq:q=1",
+            ],
+            "`q`",
+        ),
     ];
     for (args, needle) in cases {
         let mut full = vec!["sweep"];
@@ -149,18 +213,32 @@ fn bad_grids_are_refused_before_model_work() {
         let full: Vec<String> = full.into_iter().map(String::from).collect();
         let (ok, err) = run(&full);
         assert!(!ok, "{full:?} should fail");
-        assert!(err.contains(needle) && !err.contains("panicked"), "{full:?}: {err}");
+        assert!(
+            err.contains(needle) && !err.contains("panicked"),
+            "{full:?}: {err}"
+        );
     }
     let bad_config = tmp.path().join("grid.toml");
     std::fs::write(&bad_config, "models = [\"a\"]\ntasks = 3\n").unwrap();
-    let (ok, err) = run(&["sweep".into(), "--config".into(), bad_config.display().to_string(), "--output-dir".into(), out.display().to_string()]);
+    let (ok, err) = run(&[
+        "sweep".into(),
+        "--config".into(),
+        bad_config.display().to_string(),
+        "--output-dir".into(),
+        out.display().to_string(),
+    ]);
     assert!(!ok && err.contains("grid.toml"), "{err}");
     // An output directory that cannot be written.
     let blocker = tmp.path().join("file");
     std::fs::write(&blocker, "").unwrap();
     let (ok, err) = run(&[
-        "sweep".into(), "--models".into(), default_model(), "--tasks".into(), "squad".into(),
-        "--output-dir".into(), blocker.join("sub").display().to_string(),
+        "sweep".into(),
+        "--models".into(),
+        default_model(),
+        "--tasks".into(),
+        "squad".into(),
+        "--output-dir".into(),
+        blocker.join("sub").display().to_string(),
     ]);
     assert!(!ok && err.contains("output directory"), "{err}");
 }

@@ -79,14 +79,23 @@ pub fn aggregate(records: &[SampleRecord], source: &Path) -> Result<Vec<SettingR
         .map(|r| {
             canonical_spec(&r.spec).map_err(|e| ReportError::Inconsistent {
                 path: source.to_path_buf(),
-                message: format!("sample `{}` of task `{}`: spec `{}`: {e}", r.example_id, r.task, r.spec),
+                message: format!(
+                    "sample `{}` of task `{}`: spec `{}`: {e}",
+                    r.example_id, r.task, r.spec
+                ),
             })
         })
         .collect::<Result<Vec<_>>>()?;
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let polars_err = |what| move |source_err| ReportError::Polars { path: source.to_path_buf(), what, source: source_err };
+    let polars_err = |what| {
+        move |source_err| ReportError::Polars {
+            path: source.to_path_buf(),
+            what,
+            source: source_err,
+        }
+    };
     let frame = sample_frame(records, &specs).map_err(polars_err("building the sample table"))?;
     let table = settings_table(frame).map_err(polars_err("aggregating the samples"))?;
     let mut rows = extract(&table).map_err(polars_err("reading the aggregates"))?;
@@ -103,7 +112,10 @@ pub fn aggregate(records: &[SampleRecord], source: &Path) -> Result<Vec<SettingR
         let mut row = raw.row;
         let cost = costs[&row.model];
         row.higher_is_better = directions[&(row.model.clone(), row.task.clone())];
-        row.measured_transfer_ratio = match (raw.transfer_mean, dense_transfer.get(&(row.model.clone(), row.task.clone()))) {
+        row.measured_transfer_ratio = match (
+            raw.transfer_mean,
+            dense_transfer.get(&(row.model.clone(), row.task.clone())),
+        ) {
             (Some(t), Some(&d)) if d > 0.0 => Some(t / d),
             _ => None,
         };
@@ -111,15 +123,25 @@ pub fn aggregate(records: &[SampleRecord], source: &Path) -> Result<Vec<SettingR
             // Budget::elements counts whole positions; at least the current token exists.
             let s = (s_mean.round() as usize).max(1);
             let spec: MethodSpec = row.spec.parse().expect("canonical specs parse");
-            let config = spec.resolve(&cost.shape, s).map_err(|e| ReportError::Inconsistent {
-                path: source.to_path_buf(),
-                message: format!("model `{}`: setting `{}` does not fit its shape: {e}", row.model, row.spec),
-            })?;
+            let config = spec
+                .resolve(&cost.shape, s)
+                .map_err(|e| ReportError::Inconsistent {
+                    path: source.to_path_buf(),
+                    message: format!(
+                        "model `{}`: setting `{}` does not fit its shape: {e}",
+                        row.model, row.spec
+                    ),
+                })?;
             let elements = config.budget().elements(s, cost.shape.head_dim);
             row.cost_prompt_tokens = Some(s);
             row.transfer_elements = Some(elements);
-            row.compression_ratio = Some(elements as f64 / dense_elements(s, cost.shape.head_dim) as f64);
-            row.kv_bytes_per_step = Some(transfer::model_bytes(elements, &cost.shape, cost.bytes_per_element));
+            row.compression_ratio =
+                Some(elements as f64 / dense_elements(s, cost.shape.head_dim) as f64);
+            row.kv_bytes_per_step = Some(transfer::model_bytes(
+                elements,
+                &cost.shape,
+                cost.bytes_per_element,
+            ));
         }
         out.push(row);
     }
@@ -147,7 +169,12 @@ fn model_costs(records: &[SampleRecord], source: &Path) -> Result<BTreeMap<Strin
     let mut costs: BTreeMap<String, (ModelCost, bool)> = BTreeMap::new();
     for r in records {
         let cost = ModelCost {
-            shape: ModelShape { head_dim: r.head_dim, group: r.group, kv_heads: r.kv_heads, layers: r.layers },
+            shape: ModelShape {
+                head_dim: r.head_dim,
+                group: r.group,
+                kv_heads: r.kv_heads,
+                layers: r.layers,
+            },
             bytes_per_element: r.bytes_per_element,
         };
         let ok = r.error.is_none();
@@ -172,7 +199,10 @@ fn model_costs(records: &[SampleRecord], source: &Path) -> Result<BTreeMap<Strin
 }
 
 /// Whether a higher score is better, per (model, task); its samples must agree.
-fn task_directions(records: &[SampleRecord], source: &Path) -> Result<HashMap<(String, String), bool>> {
+fn task_directions(
+    records: &[SampleRecord],
+    source: &Path,
+) -> Result<HashMap<(String, String), bool>> {
     let mut out: HashMap<(String, String), bool> = HashMap::new();
     for r in records {
         let key = (r.model.clone(), r.task.clone());
@@ -244,7 +274,12 @@ fn settings_table(samples: DataFrame) -> PolarsResult<DataFrame> {
     ]);
     let paired = scored
         .filter(col("spec").neq(lit("dense")))
-        .join(dense, example.clone(), example.clone(), JoinArgs::new(JoinType::Inner))
+        .join(
+            dense,
+            example.clone(),
+            example.clone(),
+            JoinArgs::new(JoinType::Inner),
+        )
         .with_column((col("score") - col("dense_score")).alias("diff"))
         .group_by(setting.clone())
         .agg([
@@ -265,7 +300,12 @@ fn settings_table(samples: DataFrame) -> PolarsResult<DataFrame> {
         .agg([col("prompt_tokens").mean().alias("task_prompt_tokens")]);
 
     stats
-        .join(paired, setting.clone(), setting, JoinArgs::new(JoinType::Left))
+        .join(
+            paired,
+            setting.clone(),
+            setting,
+            JoinArgs::new(JoinType::Left),
+        )
         .join(task_len, task.clone(), task, JoinArgs::new(JoinType::Left))
         .collect()
 }
@@ -279,10 +319,19 @@ struct RawRow {
 
 fn extract(df: &DataFrame) -> PolarsResult<Vec<RawRow>> {
     let s = |name: &str| df.column(name).and_then(|c| c.str().cloned());
-    let f = |name: &str| df.column(name).and_then(|c| c.cast(&DataType::Float64)).and_then(|c| c.f64().cloned());
-    let i = |name: &str| df.column(name).and_then(|c| c.cast(&DataType::Int64)).and_then(|c| c.i64().cloned());
+    let f = |name: &str| {
+        df.column(name)
+            .and_then(|c| c.cast(&DataType::Float64))
+            .and_then(|c| c.f64().cloned())
+    };
+    let i = |name: &str| {
+        df.column(name)
+            .and_then(|c| c.cast(&DataType::Int64))
+            .and_then(|c| c.i64().cloned())
+    };
     let (model, task, spec) = (s("model")?, s("task")?, s("spec")?);
-    let (n, errors, n_truncated, n_paired) = (i("n")?, i("errors")?, i("n_truncated")?, i("n_paired")?);
+    let (n, errors, n_truncated, n_paired) =
+        (i("n")?, i("errors")?, i("n_truncated")?, i("n_paired")?);
     let (mean, var, prompt) = (f("score_mean")?, f("score_var")?, f("mean_prompt_tokens")?);
     let (transfer, agreement) = (f("transfer_mean")?, f("agreement_mean")?);
     let (diff, sd, task_len) = (f("paired_diff")?, f("paired_sd")?, f("task_prompt_tokens")?);
@@ -388,14 +437,24 @@ pub fn results_frame(rows: &[SettingResult]) -> PolarsResult<DataFrame> {
         "n_paired" => counts(|r| r.n_paired.map(|n| n as u64)),
         "mean_agreement_tokens" => floats(|r| r.mean_agreement_tokens),
     )?;
-    debug_assert!(df.get_column_names().iter().map(|c| c.as_str()).eq(CSV_COLUMNS));
+    debug_assert!(df
+        .get_column_names()
+        .iter()
+        .map(|c| c.as_str())
+        .eq(CSV_COLUMNS));
     Ok(df)
 }
 
 /// Writes `results.csv`: floats with six decimals (so the file does not change with
 /// the last bit of a sum), empty fields for values that do not apply.
 pub fn write_results_csv(rows: &[SettingResult], path: &Path) -> Result<()> {
-    let polars_err = |what| move |source| ReportError::Polars { path: path.to_path_buf(), what, source };
+    let polars_err = |what| {
+        move |source| ReportError::Polars {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    };
     let mut df = results_frame(rows).map_err(polars_err("building the results table"))?;
     let mut buf = Vec::new();
     CsvWriter::new(&mut buf)
@@ -439,15 +498,24 @@ mod tests {
         let rows = aggregate(&records, Path::new("s.jsonl")).unwrap();
         assert_eq!(rows.len(), 2);
         let (d, s) = (&rows[0], &rows[1]);
-        assert_eq!((d.spec.as_str(), s.spec.as_str()), ("dense", "sparq:r=8,k=128"));
-        assert_eq!((s.n, s.errors, s.method.as_str(), s.params.as_str()), (4, 1, "sparq", "r=8,k=128"));
+        assert_eq!(
+            (d.spec.as_str(), s.spec.as_str()),
+            ("dense", "sparq:r=8,k=128")
+        );
+        assert_eq!(
+            (s.n, s.errors, s.method.as_str(), s.params.as_str()),
+            (4, 1, "sparq", "r=8,k=128")
+        );
         // Mean 0.5, population variance 0.25, stderr sqrt(0.25 / 4) = 0.25.
         assert!(approx(s.score_mean, 0.5) && approx(s.score_stderr, 0.25));
         // Dense: mean 0.75, population variance 0.1875.
         assert!(approx(d.score_stderr, (0.1875f64 / 4.0).sqrt()));
         // Differences 0, 0, -1, 0: mean -0.25, sample sd 0.5, CI 1.96 * 0.5 / 2.
         assert!(approx(s.paired_diff, -0.25) && approx(s.paired_ci95, 0.49));
-        assert_eq!((s.n_paired, d.n_paired, d.paired_diff), (Some(4), None, None));
+        assert_eq!(
+            (s.n_paired, d.n_paired, d.paired_diff),
+            (Some(4), None, None)
+        );
         // S = 1000, d = 64: (1000*8 + 2*128*64 + 4*64) / (2*1000*64 + 2*64).
         assert!(approx(s.compression_ratio, 24640.0 / 128128.0));
         assert_eq!(s.kv_bytes_per_step, Some(24640 * 3 * 30 * 4));
@@ -476,8 +544,13 @@ mod tests {
         let a = record("squad", "1", "dense", Some(1.0));
         let mut b = record("squad", "2", "dense", Some(1.0));
         b.head_dim = 128;
-        let err = aggregate(&[a.clone(), b.clone()], Path::new("s.jsonl")).unwrap_err().to_string();
-        assert!(err.contains("s.jsonl: model `m.gguf`: samples disagree on the model shape"), "{err}");
+        let err = aggregate(&[a.clone(), b.clone()], Path::new("s.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("s.jsonl: model `m.gguf`: samples disagree on the model shape"),
+            "{err}"
+        );
         // A failed cell's shape does not count against the others.
         b.error = Some("failed before loading".into());
         assert!(aggregate(&[a, b], Path::new("s.jsonl")).is_ok());

@@ -80,26 +80,39 @@ impl SweepConfig {
             action: "read the sweep config",
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: toml_message(&e) })
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: toml_message(&e),
+        })
     }
 
     /// Checks every entry and returns the grid; `origin` (the file, or `--flags`)
     /// starts every message.
     pub fn validate(&self, origin: &str) -> Result<SweepGrid, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid { origin: origin.to_string(), message };
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            message,
+        };
         nonempty_unique("models", &self.models).map_err(invalid)?;
         nonempty_unique("tasks", &self.tasks).map_err(invalid)?;
 
         let mut methods = vec![MethodSpec::Dense];
         for (i, m) in self.methods.iter().enumerate() {
-            let spec: MethodSpec = m.parse().map_err(|e| invalid(format!("methods[{i}] = `{m}`: {e}")))?;
+            let spec: MethodSpec = m
+                .parse()
+                .map_err(|e| invalid(format!("methods[{i}] = `{m}`: {e}")))?;
             if spec == MethodSpec::Dense {
                 continue;
             }
             if let Some(j) = methods.iter().position(|s| *s == spec) {
-                let earlier = self.methods.iter().position(|x| x.parse::<MethodSpec>().ok().as_ref() == Some(&methods[j]));
+                let earlier = self
+                    .methods
+                    .iter()
+                    .position(|x| x.parse::<MethodSpec>().ok().as_ref() == Some(&methods[j]));
                 let earlier = earlier.map_or_else(String::new, |j| format!(" (methods[{j}])"));
-                return Err(invalid(format!("methods[{i}] = `{m}` repeats `{spec}`{earlier}")));
+                return Err(invalid(format!(
+                    "methods[{i}] = `{m}` repeats `{spec}`{earlier}"
+                )));
             }
             methods.push(spec);
         }
@@ -129,7 +142,9 @@ impl SweepConfig {
             }
         };
         if self.limit == Some(0) {
-            return Err(invalid("limit = 0: expected at least 1 example per task (leave it out for all)".into()));
+            return Err(invalid(
+                "limit = 0: expected at least 1 example per task (leave it out for all)".into(),
+            ));
         }
         Ok(SweepGrid {
             models: self.models.clone(),
@@ -173,7 +188,9 @@ pub fn parse_ratio(s: &str) -> Result<Ratio, String> {
             (Ok(a), Ok(b)) => a / b,
             _ => return Err(format!("not a number; {expected}")),
         },
-        None => s.parse::<f64>().map_err(|_| format!("not a number; {expected}"))?,
+        None => s
+            .parse::<f64>()
+            .map_err(|_| format!("not a number; {expected}"))?,
     };
     Ratio::new(c).ok_or_else(|| format!("out of range; {expected}"))
 }
@@ -228,7 +245,11 @@ impl SweepGrid {
             tasks: self.tasks.clone(),
             methods: self.methods.iter().map(ToString::to_string).collect(),
             ratios: self.ratios.iter().map(ToString::to_string).collect(),
-            ratio_methods: if self.ratios.is_empty() { Vec::new() } else { self.ratio_methods.clone() },
+            ratio_methods: if self.ratios.is_empty() {
+                Vec::new()
+            } else {
+                self.ratio_methods.clone()
+            },
             limit: self.limit,
             seed: self.seed,
             data_dir: self.data_dir.as_ref().map(|p| p.display().to_string()),
@@ -239,16 +260,30 @@ impl SweepGrid {
 
 /// The setting of `method` for target ratio `c` at `s` prompt tokens (see the module
 /// comment), or why there is none.
-pub fn spec_for_ratio(method: &str, c: Ratio, shape: &ModelShape, s: usize) -> Result<MethodSpec, String> {
+pub fn spec_for_ratio(
+    method: &str,
+    c: Ratio,
+    shape: &ModelShape,
+    s: usize,
+) -> Result<MethodSpec, String> {
     if method == "sparq" {
-        return Ok(MethodSpec::Sparq { budget: SparqBudget::Ratio(c), l: None, realloc: None, rank: None });
+        return Ok(MethodSpec::Sparq {
+            budget: SparqBudget::Ratio(c),
+            l: None,
+            realloc: None,
+            rank: None,
+        });
     }
     let target = c.value();
     let mut best: Option<(f64, f64, MethodSpec)> = None;
     // k >= s would keep every position, i.e. not be a budget at all.
     for k in 1..s {
-        let Ok(spec) = MethodSpec::from_str(&format!("{method}:k={k}")) else { continue };
-        let Ok(config) = spec.resolve(shape, s) else { continue };
+        let Ok(spec) = MethodSpec::from_str(&format!("{method}:k={k}")) else {
+            continue;
+        };
+        let Ok(config) = spec.resolve(shape, s) else {
+            continue;
+        };
         let ratio = config.budget().compression_ratio(s, shape.head_dim);
         let distance = (ratio / target).ln().abs();
         if best.as_ref().is_none_or(|(d, _, _)| distance < *d) {
@@ -309,7 +344,10 @@ impl RunManifest {
             action: "read",
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: toml_message(&e) })
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: toml_message(&e),
+        })
     }
 
     /// Writes through a temporary file and a rename, so a crash leaves the old or the
@@ -321,13 +359,30 @@ impl RunManifest {
         })?;
         let text = format!("# Written by sparq; `sparq sweep` refuses to resume this directory with another grid.\n{text}");
         crate::write_atomic(path, text.as_bytes()).map_err(|e| match e {
-            crate::ReportError::Io { path, action, source } => ConfigError::Io { path, action, source },
-            other => ConfigError::Parse { path: path.to_path_buf(), message: other.to_string() },
+            crate::ReportError::Io {
+                path,
+                action,
+                source,
+            } => ConfigError::Io {
+                path,
+                action,
+                source,
+            },
+            other => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: other.to_string(),
+            },
         })
     }
 
     /// Records (or replaces) the expansion of one model and task.
-    pub fn record_settings(&mut self, model: &str, task: &str, mean_prompt_tokens: f64, expansion: &Expansion) {
+    pub fn record_settings(
+        &mut self,
+        model: &str,
+        task: &str,
+        mean_prompt_tokens: f64,
+        expansion: &Expansion,
+    ) {
         let entry = ResolvedSettings {
             model: model.to_string(),
             task: task.to_string(),
@@ -335,7 +390,11 @@ impl RunManifest {
             specs: expansion.specs.iter().map(ToString::to_string).collect(),
             skipped: expansion.skipped.clone(),
         };
-        match self.settings.iter_mut().find(|s| s.model == model && s.task == task) {
+        match self
+            .settings
+            .iter_mut()
+            .find(|s| s.model == model && s.task == task)
+        {
             Some(s) => *s = entry,
             None => self.settings.push(entry),
         }
@@ -354,10 +413,14 @@ pub fn same_grid(a: &RunManifest, b: &RunManifest) -> bool {
 /// The first field in which two grids differ, for the refusal message.
 pub fn grid_difference(a: &RunManifest, b: &RunManifest) -> Option<String> {
     fn canon(v: &[String]) -> Vec<String> {
-        v.iter().map(|s| canonical_spec(s).unwrap_or_else(|_| s.clone())).collect()
+        v.iter()
+            .map(|s| canonical_spec(s).unwrap_or_else(|_| s.clone()))
+            .collect()
     }
     fn ratios(v: &[String]) -> Vec<String> {
-        v.iter().map(|s| parse_ratio(s).map_or_else(|_| s.clone(), |r| r.to_string())).collect()
+        v.iter()
+            .map(|s| parse_ratio(s).map_or_else(|_| s.clone(), |r| r.to_string()))
+            .collect()
     }
     fn differ<T: PartialEq + fmt::Debug>(field: &str, x: T, y: T) -> Option<String> {
         (x != y).then(|| format!("`{field}` differs: {x:?} here, {y:?} in the other"))
@@ -375,7 +438,12 @@ pub fn grid_difference(a: &RunManifest, b: &RunManifest) -> Option<String> {
 mod tests {
     use super::*;
 
-    const SMOL: ModelShape = ModelShape { head_dim: 64, group: 3, kv_heads: 3, layers: 30 };
+    const SMOL: ModelShape = ModelShape {
+        head_dim: 64,
+        group: 3,
+        kv_heads: 3,
+        layers: 30,
+    };
 
     fn config(toml: &str) -> Result<SweepGrid, String> {
         let cfg: SweepConfig = toml::from_str(toml).map_err(|e| e.to_string())?;
@@ -385,9 +453,15 @@ mod tests {
     #[test]
     fn paper_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/paper.toml");
-        let grid = SweepConfig::from_file(&path).unwrap().validate("paper.toml").unwrap();
+        let grid = SweepConfig::from_file(&path)
+            .unwrap()
+            .validate("paper.toml")
+            .unwrap();
         assert_eq!(grid.models, ["models/SmolLM2-135M-Instruct.Q4_1.gguf"]);
-        assert_eq!(grid.tasks, ["squad", "cnn_dailymail", "repetition", "wikitext"]);
+        assert_eq!(
+            grid.tasks,
+            ["squad", "cnn_dailymail", "repetition", "wikitext"]
+        );
         let specs: Vec<String> = grid.methods.iter().map(ToString::to_string).collect();
         assert_eq!(specs.len(), 1 + 4 + 5 + 5);
         assert_eq!(specs[0], "dense");
@@ -400,13 +474,31 @@ mod tests {
     fn refusals_name_the_entry() {
         let base = "models = [\"m\"]\ntasks = [\"squad\"]\n";
         let cases = [
-            ("methods = [\"dense\", \"sparq:r=8\"]", "sweep.toml: methods[1] = `sparq:r=8`: method `sparq` needs key `k`"),
-            ("methods = [\"h2o:k=8\", \"h2o:k=8\"]", "methods[1] = `h2o:k=8` repeats `h2o:k=8` (methods[0])"),
-            ("methods = [\"foo\"]", "methods[0] = `foo`: unknown attention method `foo`"),
-            ("ratios = [\"1/2\", \"3/2\"]", "ratios[1] = `3/2`: out of range; expected a compression ratio in (0, 1]"),
+            (
+                "methods = [\"dense\", \"sparq:r=8\"]",
+                "sweep.toml: methods[1] = `sparq:r=8`: method `sparq` needs key `k`",
+            ),
+            (
+                "methods = [\"h2o:k=8\", \"h2o:k=8\"]",
+                "methods[1] = `h2o:k=8` repeats `h2o:k=8` (methods[0])",
+            ),
+            (
+                "methods = [\"foo\"]",
+                "methods[0] = `foo`: unknown attention method `foo`",
+            ),
+            (
+                "ratios = [\"1/2\", \"3/2\"]",
+                "ratios[1] = `3/2`: out of range; expected a compression ratio in (0, 1]",
+            ),
             ("ratios = [\"x\"]", "ratios[0] = `x`: not a number"),
-            ("ratios = [\"1/2\", \"0.5\"]", "ratios[1] = `0.5` repeats 1/2"),
-            ("ratio_methods = [\"dense\"]", "ratio_methods[0] = `dense`: expected one of sparq, h2o"),
+            (
+                "ratios = [\"1/2\", \"0.5\"]",
+                "ratios[1] = `0.5` repeats 1/2",
+            ),
+            (
+                "ratio_methods = [\"dense\"]",
+                "ratio_methods[0] = `dense`: expected one of sparq, h2o",
+            ),
             ("limit = 0", "limit = 0: expected at least 1"),
         ];
         for (extra, want) in cases {
@@ -417,7 +509,8 @@ mod tests {
         assert!(err.contains("`models` is empty"), "{err}");
         let err = config("models = [\"m\", \"m\"]\ntasks = [\"squad\"]\n").unwrap_err();
         assert!(err.contains("models[1] = `m` repeats models[0]"), "{err}");
-        let err = config("models = [\"m\"]\ntasks = [\"squad\"]\nmethod = [\"dense\"]\n").unwrap_err();
+        let err =
+            config("models = [\"m\"]\ntasks = [\"squad\"]\nmethod = [\"dense\"]\n").unwrap_err();
         assert!(err.contains("unknown field `method`"), "{err}");
         let err = config("models = [\"m\"]\ntasks = \"squad\"\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
@@ -427,11 +520,23 @@ mod tests {
     fn from_file_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
-        fs::write(&path, "models = [\"m\"]\ntasks = [\"squad\"]\nlimit = \"ten\"\n").unwrap();
+        fs::write(
+            &path,
+            "models = [\"m\"]\ntasks = [\"squad\"]\nlimit = \"ten\"\n",
+        )
+        .unwrap();
         let err = SweepConfig::from_file(&path).unwrap_err().to_string();
-        assert!(err.starts_with(&path.display().to_string()) && err.contains("line 3"), "{err}");
-        let err = SweepConfig::from_file(&dir.path().join("missing.toml")).unwrap_err().to_string();
-        assert!(err.contains("missing.toml: cannot read the sweep config"), "{err}");
+        assert!(
+            err.starts_with(&path.display().to_string()) && err.contains("line 3"),
+            "{err}"
+        );
+        let err = SweepConfig::from_file(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("missing.toml: cannot read the sweep config"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -460,13 +565,20 @@ mod tests {
         );
         // FlexGen reads every key: its transfer stays above half of dense's.
         assert_eq!(e.skipped.len(), 2);
-        assert!(e.skipped[0].starts_with("flexgen at ratio 1/4: unreachable at S = 1600"), "{}", e.skipped[0]);
+        assert!(
+            e.skipped[0].starts_with("flexgen at ratio 1/4: unreachable at S = 1600"),
+            "{}",
+            e.skipped[0]
+        );
 
         let grid = config("models = [\"m\"]\ntasks = [\"t\"]\nratios = [\"0.75\"]\nratio_methods = [\"flexgen\"]\n").unwrap();
         // FlexGen: Sd + kd + 2d = c(2Sd + 2d), k = 2c(S+1) - S - 2 = 799.5: 799 and 800
         // miss by the same number of elements, and on the log scale 800 is nearer.
         let e = grid.settings(&SMOL, 1600.0);
-        assert_eq!(e.specs.iter().map(ToString::to_string).collect::<Vec<_>>(), ["dense", "flexgen:k=800"]);
+        assert_eq!(
+            e.specs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["dense", "flexgen:k=800"]
+        );
         assert!(e.skipped.is_empty());
     }
 
@@ -488,18 +600,29 @@ mod tests {
         let mut other = grid.manifest();
         other.data_dir = Some("elsewhere".into());
         other.harness_version = "9.9.9".into();
-        assert!(same_grid(&back, &other), "version, data and expansions are not the grid");
+        assert!(
+            same_grid(&back, &other),
+            "version, data and expansions are not the grid"
+        );
         other.methods = vec!["dense".into(), "sparq:r=8,k=128".into()];
         assert!(same_grid(&back, &other));
         other.limit = Some(21);
         assert!(!same_grid(&back, &other));
-        assert_eq!(grid_difference(&back, &other).unwrap(), "`limit` differs: Some(20) here, Some(21) in the other");
+        assert_eq!(
+            grid_difference(&back, &other).unwrap(),
+            "`limit` differs: Some(20) here, Some(21) in the other"
+        );
         other.limit = Some(20);
         other.tasks.reverse();
-        assert!(grid_difference(&back, &other).unwrap().starts_with("`tasks` differs"));
+        assert!(grid_difference(&back, &other)
+            .unwrap()
+            .starts_with("`tasks` differs"));
 
         fs::write(&path, "models = [\"m\"]\n").unwrap();
         let err = RunManifest::read(&path).unwrap_err().to_string();
-        assert!(err.contains("run.toml") && err.contains("missing field"), "{err}");
+        assert!(
+            err.contains("run.toml") && err.contains("missing field"),
+            "{err}"
+        );
     }
 }

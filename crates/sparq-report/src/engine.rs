@@ -71,7 +71,8 @@ pub struct RunSummary {
 /// writable and holds no other grid, every task exists, every model path exists.
 pub fn preflight(grid: &SweepGrid, out_dir: &Path, overwrite: bool) -> Result<(), EngineError> {
     for model in &grid.models {
-        ModelSource::parse(model).map_err(|e| EngineError::Refused(format!("model `{model}`: {e}")))?;
+        ModelSource::parse(model)
+            .map_err(|e| EngineError::Refused(format!("model `{model}`: {e}")))?;
     }
     let known = sparq_tasks::builtin_task_names();
     for task in &grid.tasks {
@@ -83,11 +84,17 @@ pub fn preflight(grid: &SweepGrid, out_dir: &Path, overwrite: bool) -> Result<()
         }
     }
     std::fs::create_dir_all(out_dir).map_err(|e| {
-        EngineError::Refused(format!("output directory {}: cannot create it ({e})", out_dir.display()))
+        EngineError::Refused(format!(
+            "output directory {}: cannot create it ({e})",
+            out_dir.display()
+        ))
     })?;
     let probe = out_dir.join(".sparq-write-test");
     std::fs::write(&probe, b"").map_err(|e| {
-        EngineError::Refused(format!("output directory {}: not writable ({e})", out_dir.display()))
+        EngineError::Refused(format!(
+            "output directory {}: not writable ({e})",
+            out_dir.display()
+        ))
     })?;
     let _ = std::fs::remove_file(&probe);
     let run_file = out_dir.join(RUN_FILE);
@@ -112,7 +119,11 @@ impl TokenCounter for Counter<'_> {
 }
 
 /// Runs the grid into `out_dir` (after [`preflight`]) and rebuilds the report.
-pub fn run_grid(grid: &SweepGrid, out_dir: &Path, options: &EngineOptions) -> Result<RunSummary, EngineError> {
+pub fn run_grid(
+    grid: &SweepGrid,
+    out_dir: &Path,
+    options: &EngineOptions,
+) -> Result<RunSummary, EngineError> {
     preflight(grid, out_dir, options.overwrite)?;
     let started = Instant::now();
     let samples_path = out_dir.join(SAMPLES_FILE);
@@ -121,12 +132,19 @@ pub fn run_grid(grid: &SweepGrid, out_dir: &Path, options: &EngineOptions) -> Re
         for f in [&samples_path, &run_file] {
             if f.exists() {
                 std::fs::remove_file(f).map_err(|e| {
-                    EngineError::Refused(format!("{}: cannot remove it for --overwrite ({e})", f.display()))
+                    EngineError::Refused(format!(
+                        "{}: cannot remove it for --overwrite ({e})",
+                        f.display()
+                    ))
                 })?;
             }
         }
     }
-    let mut manifest = if run_file.is_file() { RunManifest::read(&run_file)? } else { grid.manifest() };
+    let mut manifest = if run_file.is_file() {
+        RunManifest::read(&run_file)?
+    } else {
+        grid.manifest()
+    };
     manifest.write(&run_file)?;
     let (mut appender, _) = SampleAppender::open(&samples_path)?;
 
@@ -137,9 +155,11 @@ pub fn run_grid(grid: &SweepGrid, out_dir: &Path, options: &EngineOptions) -> Re
     });
     let overall = bars.add(ProgressBar::new(0));
     overall.set_style(
-        ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} examples  {per_sec}  eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>8} [{bar:30}] {pos}/{len} examples  {per_sec}  eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     overall.set_prefix("sweep");
     let current = bars.add(ProgressBar::new(0));
@@ -151,11 +171,17 @@ pub fn run_grid(grid: &SweepGrid, out_dir: &Path, options: &EngineOptions) -> Re
 
     let mut summary = RunSummary::default();
     for model_name in &grid.models {
-        let source = ModelSource::parse(model_name)
-            .map_err(|source| EngineError::Model { model: model_name.clone(), source })?;
+        let source = ModelSource::parse(model_name).map_err(|source| EngineError::Model {
+            model: model_name.clone(),
+            source,
+        })?;
         current.set_message(format!("loading {model_name}"));
-        let loaded = sparq_runner::load_model(&source, options.dtype)
-            .map_err(|source| EngineError::Model { model: model_name.clone(), source })?;
+        let loaded = sparq_runner::load_model(&source, options.dtype).map_err(|source| {
+            EngineError::Model {
+                model: model_name.clone(),
+                source,
+            }
+        })?;
         for task_name in &grid.tasks {
             let task = sparq_tasks::load_task(
                 task_name,
@@ -167,17 +193,32 @@ pub fn run_grid(grid: &SweepGrid, out_dir: &Path, options: &EngineOptions) -> Re
                 },
                 &Counter(&loaded.tokenizer),
             )
-            .map_err(|source| EngineError::Task { task: task_name.clone(), source: Box::new(source) })?;
+            .map_err(|source| EngineError::Task {
+                task: task_name.clone(),
+                source: Box::new(source),
+            })?;
             for (reason, n) in &task.summary.skipped {
-                summary.unbuildable.push(format!("{task_name}: {n} skipped ({reason})"));
+                summary
+                    .unbuildable
+                    .push(format!("{task_name}: {n} skipped ({reason})"));
             }
-            let prepared = prepare_inputs(&loaded, &task.examples)
-                .map_err(|source| EngineError::Model { model: model_name.clone(), source })?;
+            let prepared =
+                prepare_inputs(&loaded, &task.examples).map_err(|source| EngineError::Model {
+                    model: model_name.clone(),
+                    source,
+                })?;
             let mean_prompt = prepared.iter().map(|p| p.tokens.len() as f64).sum::<f64>()
                 / prepared.len().max(1) as f64;
             let shape = loaded.model.shape();
             let expansion = grid.settings(&shape, mean_prompt);
-            record_settings(&mut manifest, &run_file, &loaded.name, task_name, mean_prompt, &expansion)?;
+            record_settings(
+                &mut manifest,
+                &run_file,
+                &loaded.name,
+                task_name,
+                mean_prompt,
+                &expansion,
+            )?;
 
             overall.inc_length(prepared.len() as u64);
             current.set_length(prepared.len() as u64);
@@ -197,7 +238,14 @@ pub fn run_grid(grid: &SweepGrid, out_dir: &Path, options: &EngineOptions) -> Re
                 let todo: Vec<&MethodSpec> = expansion
                     .specs
                     .iter()
-                    .filter(|s| !appender.is_done(&SampleKey::new(&loaded.name, task_name, &example.id, &s.to_string())))
+                    .filter(|s| {
+                        !appender.is_done(&SampleKey::new(
+                            &loaded.name,
+                            task_name,
+                            &example.id,
+                            &s.to_string(),
+                        ))
+                    })
                     .collect();
                 summary.skipped_done += expansion.specs.len() - todo.len();
                 if !todo.is_empty() {
@@ -237,7 +285,9 @@ fn record_settings(
         specs: expansion.specs.iter().map(ToString::to_string).collect(),
         skipped: expansion.skipped.clone(),
     };
-    manifest.settings.retain(|s| !(s.model == model && s.task == task));
+    manifest
+        .settings
+        .retain(|s| !(s.model == model && s.task == task));
     manifest.settings.push(entry);
     manifest.write(run_file)?;
     Ok(())
@@ -251,7 +301,10 @@ struct PreparedInput {
     targets: Vec<u32>,
 }
 
-fn prepare_inputs(model: &LoadedModel, examples: &[Example]) -> sparq_runner::Result<Vec<PreparedInput>> {
+fn prepare_inputs(
+    model: &LoadedModel,
+    examples: &[Example],
+) -> sparq_runner::Result<Vec<PreparedInput>> {
     let max_pos = model.model.config().max_position_embeddings;
     let limit = max_pos.saturating_sub(GENERATION_HEADROOM).max(1);
     examples
@@ -263,7 +316,11 @@ fn prepare_inputs(model: &LoadedModel, examples: &[Example]) -> sparq_runner::Re
                 Some(reference) => model.tokenizer.encode_with(reference, false)?,
                 None => Vec::new(),
             };
-            Ok(PreparedInput { tokens: kept.to_vec(), truncated, targets })
+            Ok(PreparedInput {
+                tokens: kept.to_vec(),
+                truncated,
+                targets,
+            })
         })
         .collect()
 }
@@ -278,7 +335,10 @@ struct CellContext<'a> {
 impl CellContext<'_> {
     fn record(&self, example: &Example, input: &PreparedInput, spec: &MethodSpec) -> SampleRecord {
         let text = spec.to_string();
-        let params = text.split_once(':').map(|(_, p)| p.to_string()).unwrap_or_default();
+        let params = text
+            .split_once(':')
+            .map(|(_, p)| p.to_string())
+            .unwrap_or_default();
         SampleRecord {
             model: self.model.name.clone(),
             task: self.task.to_string(),
@@ -307,7 +367,12 @@ impl CellContext<'_> {
 
 /// Runs dense plus `todo` on one example from a single prefill and returns a record per
 /// spec in `todo`. A failure becomes an error record for every cell it touched.
-fn run_example(ctx: &CellContext<'_>, example: &Example, input: &PreparedInput, todo: &[&MethodSpec]) -> Vec<SampleRecord> {
+fn run_example(
+    ctx: &CellContext<'_>,
+    example: &Example,
+    input: &PreparedInput,
+    todo: &[&MethodSpec],
+) -> Vec<SampleRecord> {
     // Dense always decodes too: it is the reference for agreement and the paired diff.
     let mut specs: Vec<&MethodSpec> = vec![&MethodSpec::Dense];
     specs.extend(todo.iter().copied().filter(|s| **s != MethodSpec::Dense));
@@ -374,20 +439,37 @@ fn generated(
     input: &PreparedInput,
     methods: Vec<Box<dyn AttentionMethod>>,
 ) -> sparq_runner::Result<Vec<Cell>> {
-    let out = sparq_runner::generate(&ctx.model.model, &input.tokens, methods, example.max_new_tokens)?;
-    let keep = example.cut_output_to_tokens.unwrap_or(example.max_new_tokens);
+    let out = sparq_runner::generate(
+        &ctx.model.model,
+        &input.tokens,
+        methods,
+        example.max_new_tokens,
+    )?;
+    let keep = example
+        .cut_output_to_tokens
+        .unwrap_or(example.max_new_tokens);
     let dense: Vec<u32> = out.branches[0].tokens.iter().take(keep).copied().collect();
     out.branches
         .iter()
         .map(|b| {
             let tokens: Vec<u32> = b.tokens.iter().take(keep).copied().collect();
-            let agreement = tokens.iter().zip(&dense).take_while(|(a, b)| a == b).count() as u64;
+            let agreement = tokens
+                .iter()
+                .zip(&dense)
+                .take_while(|(a, b)| a == b)
+                .count() as u64;
             let prediction = ctx.model.tokenizer.decode(&tokens)?;
             let (score, error) = match example.metric.score(&prediction, &example.references) {
                 Ok(s) => (Some(s), None),
                 Err(e) => (None, Some(e.to_string())),
             };
-            Ok(Cell { prediction, score, transfer: b.elements_per_step, agreement: Some(agreement), error })
+            Ok(Cell {
+                prediction,
+                score,
+                transfer: b.elements_per_step,
+                agreement: Some(agreement),
+                error,
+            })
         })
         .collect()
 }
@@ -399,7 +481,8 @@ fn teacher_forced(
     methods: Vec<Box<dyn AttentionMethod>>,
 ) -> sparq_runner::Result<Vec<Cell>> {
     let reference = example.teacher_forced.as_deref().unwrap_or_default();
-    let scored = sparq_runner::score_continuation(&ctx.model.model, &input.tokens, &input.targets, methods)?;
+    let scored =
+        sparq_runner::score_continuation(&ctx.model.model, &input.tokens, &input.targets, methods)?;
     Ok(scored
         .into_iter()
         .map(|s| Cell {

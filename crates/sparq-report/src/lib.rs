@@ -15,7 +15,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use aggregate::{aggregate, write_results_csv, SettingResult};
-pub use config::{grid_difference, same_grid, ConfigError, Expansion, RunManifest, SweepConfig, SweepGrid};
+pub use config::{
+    grid_difference, same_grid, ConfigError, Expansion, RunManifest, SweepConfig, SweepGrid,
+};
 pub use samples::{read_samples, SampleAppender, SampleKey, SampleRecord, SampleSet, Warning};
 pub use tables::{closest_setting, render_report};
 
@@ -37,7 +39,11 @@ pub enum ReportError {
         source: io::Error,
     },
     #[error("{}: line {line}: {message}", path.display())]
-    Malformed { path: PathBuf, line: usize, message: String },
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{}: {message}", path.display())]
     Inconsistent { path: PathBuf, message: String },
     #[error("{}: {what}: {source}", path.display())]
@@ -93,7 +99,11 @@ pub fn rebuild_report(dir: &Path) -> Result<ReportSummary> {
         samples: set.records.len(),
         errors: set.records.iter().filter(|r| r.error.is_some()).count(),
         settings: results.len(),
-        warnings: set.warnings.iter().map(|w| format!("{}: {w}", samples_path.display())).collect(),
+        warnings: set
+            .warnings
+            .iter()
+            .map(|w| format!("{}: {w}", samples_path.display()))
+            .collect(),
         written,
     })
 }
@@ -101,13 +111,23 @@ pub fn rebuild_report(dir: &Path) -> Result<ReportSummary> {
 /// Writes through a temporary file in the same directory and renames it into place,
 /// so that a report interrupted half-way never leaves a truncated file behind.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_err = |action| move |source| ReportError::Io { path: path.to_path_buf(), action, source };
+    let io_err = |action| {
+        move |source| ReportError::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        }
+    };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     fs::write(&tmp, bytes).map_err(io_err("write"))?;
     fs::rename(&tmp, path).map_err(|source| {
         let _ = fs::remove_file(&tmp);
-        ReportError::Io { path: path.to_path_buf(), action: "replace", source }
+        ReportError::Io {
+            path: path.to_path_buf(),
+            action: "replace",
+            source,
+        }
     })
 }

@@ -72,12 +72,24 @@ pub fn write_plots(results: &[SettingResult], dir: &Path) -> Result<Vec<PathBuf>
 }
 
 fn plot_err(path: &Path, e: impl std::fmt::Display) -> ReportError {
-    ReportError::Plot { path: path.to_path_buf(), message: e.to_string() }
+    ReportError::Plot {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// Keeps letters, digits, `.`, `_` and `-`, so any model or task name is a file name.
 fn slug(s: &str) -> String {
-    let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let s: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     s.trim_matches('.').to_string()
 }
 
@@ -86,12 +98,20 @@ fn slug(s: &str) -> String {
 fn short_names<'a>(names: &BTreeSet<&'a str>) -> BTreeMap<&'a str, String> {
     let short = |n: &str| {
         let last = n.trim_end_matches('/').rsplit('/').next().unwrap_or(n);
-        let last = last.strip_suffix(".gguf").or_else(|| last.strip_suffix(".jsonl")).unwrap_or(last);
+        let last = last
+            .strip_suffix(".gguf")
+            .or_else(|| last.strip_suffix(".jsonl"))
+            .unwrap_or(last);
         slug(last)
     };
     let shorts: Vec<String> = names.iter().map(|n| short(n)).collect();
-    let unique = shorts.iter().collect::<BTreeSet<_>>().len() == shorts.len() && shorts.iter().all(|s| !s.is_empty());
-    names.iter().zip(shorts).map(|(n, s)| (*n, if unique { s } else { slug(n) })).collect()
+    let unique = shorts.iter().collect::<BTreeSet<_>>().len() == shorts.len()
+        && shorts.iter().all(|s| !s.is_empty());
+    names
+        .iter()
+        .zip(shorts)
+        .map(|(n, s)| (*n, if unique { s } else { slug(n) }))
+        .collect()
 }
 
 fn charts(results: &[SettingResult]) -> Vec<Chart<'_>> {
@@ -101,13 +121,32 @@ fn charts(results: &[SettingResult]) -> Vec<Chart<'_>> {
     let mut charts = Vec::new();
     for &model in &models {
         for &task in &tasks {
-            let rows: Vec<&SettingResult> = results.iter().filter(|r| r.model == model && r.task == task).collect();
-            let plotted = |r: &&SettingResult| r.score_mean.is_some() && r.compression_ratio.is_some();
-            let dense = rows.iter().copied().filter(plotted).find(|r| r.method == "dense");
+            let rows: Vec<&SettingResult> = results
+                .iter()
+                .filter(|r| r.model == model && r.task == task)
+                .collect();
+            let plotted =
+                |r: &&SettingResult| r.score_mean.is_some() && r.compression_ratio.is_some();
+            let dense = rows
+                .iter()
+                .copied()
+                .filter(plotted)
+                .find(|r| r.method == "dense");
             let mut by_method: BTreeMap<(usize, &str), Vec<&SettingResult>> = BTreeMap::new();
-            for r in rows.iter().copied().filter(plotted).filter(|r| r.method != "dense") {
-                let rank = registry().iter().position(|m| m.name == r.method).unwrap_or(usize::MAX);
-                by_method.entry((rank, r.method.as_str())).or_default().push(r);
+            for r in rows
+                .iter()
+                .copied()
+                .filter(plotted)
+                .filter(|r| r.method != "dense")
+            {
+                let rank = registry()
+                    .iter()
+                    .position(|m| m.name == r.method)
+                    .unwrap_or(usize::MAX);
+                by_method
+                    .entry((rank, r.method.as_str()))
+                    .or_default()
+                    .push(r);
             }
             if dense.is_none() && by_method.is_empty() {
                 continue;
@@ -115,7 +154,11 @@ fn charts(results: &[SettingResult]) -> Vec<Chart<'_>> {
             let lines = by_method
                 .into_iter()
                 .map(|((_, m), mut rs)| {
-                    rs.sort_by(|a, b| a.compression_ratio.unwrap().total_cmp(&b.compression_ratio.unwrap()));
+                    rs.sort_by(|a, b| {
+                        a.compression_ratio
+                            .unwrap()
+                            .total_cmp(&b.compression_ratio.unwrap())
+                    });
                     (m, rs)
                 })
                 .collect();
@@ -169,7 +212,11 @@ fn score_label(task: &str, higher_is_better: bool) -> String {
         "wikitext" => "bits per character",
         _ => "score",
     };
-    let dir = if higher_is_better { "higher is better" } else { "lower is better" };
+    let dir = if higher_is_better {
+        "higher is better"
+    } else {
+        "lower is better"
+    };
     format!("{what} ({dir})")
 }
 
@@ -188,8 +235,16 @@ fn draw<DB: DrawingBackend>(
     chart: &Chart<'_>,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     root.fill(&WHITE)?;
-    let points: Vec<&SettingResult> = chart.lines.iter().flat_map(|(_, rs)| rs.iter().copied()).collect();
-    let ratios: Vec<f64> = points.iter().chain(chart.dense.iter()).filter_map(|r| r.compression_ratio).collect();
+    let points: Vec<&SettingResult> = chart
+        .lines
+        .iter()
+        .flat_map(|(_, rs)| rs.iter().copied())
+        .collect();
+    let ratios: Vec<f64> = points
+        .iter()
+        .chain(chart.dense.iter())
+        .filter_map(|r| r.compression_ratio)
+        .collect();
     let x_min = ratios.iter().copied().fold(1.0f64, f64::min) / 1.25;
     let x_max = ratios.iter().copied().fold(1.0f64, f64::max) * 1.25;
     let mut ticks = Vec::new();
@@ -219,7 +274,10 @@ fn draw<DB: DrawingBackend>(
         .margin(16)
         .x_label_area_size(56)
         .y_label_area_size(80)
-        .build_cartesian_2d((x_min..x_max).log_scale().with_key_points(ticks), y_lo..y_hi)?;
+        .build_cartesian_2d(
+            (x_min..x_max).log_scale().with_key_points(ticks),
+            y_lo..y_hi,
+        )?;
     ctx.configure_mesh()
         .x_desc("compression ratio (data moved per decode step / dense), log scale")
         .y_desc(score_label(chart.task, chart.higher_is_better))
@@ -245,15 +303,26 @@ fn draw<DB: DrawingBackend>(
 
     for (method, rows) in &chart.lines {
         let color = method_color(method);
-        let xy: Vec<(f64, f64)> =
-            rows.iter().map(|r| (r.compression_ratio.unwrap_or(1.0), r.score_mean.unwrap_or(0.0))).collect();
+        let xy: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.compression_ratio.unwrap_or(1.0),
+                    r.score_mean.unwrap_or(0.0),
+                )
+            })
+            .collect();
         ctx.draw_series(LineSeries::new(xy.clone(), color.stroke_width(2)))?
             .label(method_label(method))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(2))
+            });
         ctx.draw_series(xy.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
         // ± one standard error, with caps a few percent wide on the log axis.
         for (r, &(x, y)) in rows.iter().zip(&xy) {
-            let Some(e) = r.score_stderr.filter(|e| *e > 0.0) else { continue };
+            let Some(e) = r.score_stderr.filter(|e| *e > 0.0) else {
+                continue;
+            };
             let style = color.stroke_width(1);
             ctx.draw_series([
                 PathElement::new(vec![(x, y - e), (x, y + e)], style),
@@ -278,14 +347,19 @@ mod tests {
 
     #[test]
     fn file_names_are_short_unless_they_collide() {
-        let names: BTreeSet<&str> = ["models/a/x.gguf", "org/y", "squad", "my tasks/q&a.jsonl"].into_iter().collect();
+        let names: BTreeSet<&str> = ["models/a/x.gguf", "org/y", "squad", "my tasks/q&a.jsonl"]
+            .into_iter()
+            .collect();
         let short = short_names(&names);
         assert_eq!(short["models/a/x.gguf"], "x");
         assert_eq!(short["org/y"], "y");
         assert_eq!(short["my tasks/q&a.jsonl"], "q_a");
         let clash: BTreeSet<&str> = ["a/x.gguf", "b/x.gguf"].into_iter().collect();
         let short = short_names(&clash);
-        assert_eq!((short["a/x.gguf"].as_str(), short["b/x.gguf"].as_str()), ("a_x.gguf", "b_x.gguf"));
+        assert_eq!(
+            (short["a/x.gguf"].as_str(), short["b/x.gguf"].as_str()),
+            ("a_x.gguf", "b_x.gguf")
+        );
     }
 
     #[test]

@@ -82,13 +82,19 @@ impl SampleKey {
 
 impl fmt::Display for SampleKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "(model `{}`, task `{}`, example `{}`, spec `{}`)", self.model, self.task, self.example_id, self.spec)
+        write!(
+            f,
+            "(model `{}`, task `{}`, example `{}`, spec `{}`)",
+            self.model, self.task, self.example_id, self.spec
+        )
     }
 }
 
 /// The canonical form of a spec string, or why it does not parse.
 pub fn canonical_spec(spec: &str) -> Result<String, String> {
-    spec.parse::<MethodSpec>().map(|s| s.to_string()).map_err(|e| e.to_string())
+    spec.parse::<MethodSpec>()
+        .map(|s| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// A problem that did not stop reading, with its 1-based line in `samples.jsonl`.
@@ -125,7 +131,11 @@ impl SampleSet {
 /// with a warning; a malformed line anywhere else is an error naming the file and the
 /// line. A key seen twice keeps its first record, with a warning.
 pub fn read_samples(path: &Path) -> Result<SampleSet> {
-    let bytes = fs::read(path).map_err(|source| ReportError::Io { path: path.to_path_buf(), action: "read", source })?;
+    let bytes = fs::read(path).map_err(|source| ReportError::Io {
+        path: path.to_path_buf(),
+        action: "read",
+        source,
+    })?;
     parse_samples(&bytes, path)
 }
 
@@ -135,7 +145,11 @@ fn parse_samples(bytes: &[u8], path: &Path) -> Result<SampleSet> {
     let terminated = bytes.last().is_none_or(|&b| b == b'\n');
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     // `split` yields an empty piece after a final newline; that is not a line.
-    let count = if terminated { lines.len() - 1 } else { lines.len() };
+    let count = if terminated {
+        lines.len() - 1
+    } else {
+        lines.len()
+    };
     for (i, line) in lines[..count].iter().enumerate() {
         let number = i + 1;
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -154,7 +168,11 @@ fn parse_samples(bytes: &[u8], path: &Path) -> Result<SampleSet> {
                 continue;
             }
             Err(message) => {
-                return Err(ReportError::Malformed { path: path.to_path_buf(), line: number, message });
+                return Err(ReportError::Malformed {
+                    path: path.to_path_buf(),
+                    line: number,
+                    message,
+                });
             }
         };
         let key = record.key();
@@ -174,9 +192,12 @@ fn parse_samples(bytes: &[u8], path: &Path) -> Result<SampleSet> {
 /// One record, checked beyond its JSON shape: the spec must parse and name the same
 /// method, and a cell without an error must have a score and a model shape.
 fn parse_line(line: &[u8]) -> Result<SampleRecord, String> {
-    let record: SampleRecord =
-        serde_json::from_slice(line).map_err(|e| format!("expected one JSON sample record: {e}"))?;
-    let spec: MethodSpec = record.spec.parse().map_err(|e| format!("field `spec` = `{}`: {e}", record.spec))?;
+    let record: SampleRecord = serde_json::from_slice(line)
+        .map_err(|e| format!("expected one JSON sample record: {e}"))?;
+    let spec: MethodSpec = record
+        .spec
+        .parse()
+        .map_err(|e| format!("field `spec` = `{}`: {e}", record.spec))?;
     if spec.name() != record.method {
         return Err(format!(
             "field `method` = `{}` but `spec` = `{}` is a `{}` setting",
@@ -186,10 +207,14 @@ fn parse_line(line: &[u8]) -> Result<SampleRecord, String> {
         ));
     }
     if record.error.is_none() && record.score.is_none() {
-        return Err("field `score` is null but `error` is null too; a cell that did not fail needs a score".into());
+        return Err(
+            "field `score` is null but `error` is null too; a cell that did not fail needs a score"
+                .into(),
+        );
     }
     // A cell that failed before the model loaded may not know its shape.
-    let shapeless = record.head_dim == 0 || record.group == 0 || record.kv_heads == 0 || record.layers == 0;
+    let shapeless =
+        record.head_dim == 0 || record.group == 0 || record.kv_heads == 0 || record.layers == 0;
     if record.error.is_none() && shapeless {
         return Err(format!(
             "the model shape needs head_dim, group, kv_heads and layers >= 1, found {}, {}, {}, {}",
@@ -214,25 +239,45 @@ impl SampleAppender {
     /// final line that is complete but lost its newline gets one, so every record
     /// written from here starts on a line of its own.
     pub fn open(path: &Path) -> Result<(Self, SampleSet)> {
-        let io_err = |action| move |source| ReportError::Io { path: path.to_path_buf(), action, source };
+        let io_err = |action| {
+            move |source| ReportError::Io {
+                path: path.to_path_buf(),
+                action,
+                source,
+            }
+        };
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io_err("read")(e)),
         };
         let set = parse_samples(&bytes, path)?;
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io_err("open for appending"))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err("open for appending"))?;
         if bytes.last().is_some_and(|&b| b != b'\n') {
             let start = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
             if parse_line(&bytes[start..]).is_ok() {
-                (&file).write_all(b"\n").map_err(io_err("append a newline to"))?;
+                (&file)
+                    .write_all(b"\n")
+                    .map_err(io_err("append a newline to"))?;
             } else {
-                file.set_len(start as u64).map_err(io_err("cut the torn final line from"))?;
+                file.set_len(start as u64)
+                    .map_err(io_err("cut the torn final line from"))?;
             }
             file.sync_all().map_err(io_err("sync"))?;
         }
         let done = set.done_keys();
-        Ok((Self { file, path: path.to_path_buf(), done }, set))
+        Ok((
+            Self {
+                file,
+                path: path.to_path_buf(),
+                done,
+            },
+            set,
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -262,11 +307,17 @@ impl SampleAppender {
         line.push('\n');
         let io_err = |action| {
             let path = self.path.clone();
-            move |source| ReportError::Io { path, action, source }
+            move |source| ReportError::Io {
+                path,
+                action,
+                source,
+            }
         };
         // One write of the whole line: a crash leaves a prefix of it, which readers
         // recognise as a torn final line.
-        self.file.write_all(line.as_bytes()).map_err(io_err("append to"))?;
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(io_err("append to"))?;
         self.file.flush().map_err(io_err("flush"))?;
         self.file.sync_data().map_err(io_err("sync"))?;
         self.done.insert(key);
@@ -278,7 +329,12 @@ impl SampleAppender {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn record(task: &str, example: &str, spec: &str, score: Option<f64>) -> SampleRecord {
+    pub(crate) fn record(
+        task: &str,
+        example: &str,
+        spec: &str,
+        score: Option<f64>,
+    ) -> SampleRecord {
         let parsed: MethodSpec = spec.parse().unwrap();
         SampleRecord {
             model: "m.gguf".into(),
@@ -318,10 +374,18 @@ pub(crate) mod tests {
         assert_eq!(set.records.len(), 1);
         assert_eq!(set.warnings.len(), 1);
         assert_eq!(set.warnings[0].line, 2);
-        assert!(set.warnings[0].message.contains("torn final line"), "{}", set.warnings[0]);
+        assert!(
+            set.warnings[0].message.contains("torn final line"),
+            "{}",
+            set.warnings[0]
+        );
 
         // A complete final line that only lost its newline is kept.
-        let set = parse_samples(format!("{a}{}", b.trim_end()).as_bytes(), Path::new("s.jsonl")).unwrap();
+        let set = parse_samples(
+            format!("{a}{}", b.trim_end()).as_bytes(),
+            Path::new("s.jsonl"),
+        )
+        .unwrap();
         assert_eq!(set.records.len(), 2);
         assert!(set.warnings.is_empty());
     }
@@ -332,23 +396,43 @@ pub(crate) mod tests {
         let b = line(&record("squad", "2", "dense", Some(0.0)));
         let torn = &b[..b.len() / 2];
         // Torn but followed by a newline and more records: corruption, not a crash tail.
-        let err = parse_samples(format!("{a}{torn}\n{b}").as_bytes(), Path::new("dir/s.jsonl")).unwrap_err();
+        let err = parse_samples(
+            format!("{a}{torn}\n{b}").as_bytes(),
+            Path::new("dir/s.jsonl"),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("dir/s.jsonl: line 2: expected one JSON sample record"), "{msg}");
+        assert!(
+            msg.starts_with("dir/s.jsonl: line 2: expected one JSON sample record"),
+            "{msg}"
+        );
         // A final line with its newline is complete, so it cannot be torn.
-        let err = parse_samples(format!("{a}{torn}\n").as_bytes(), Path::new("s.jsonl")).unwrap_err();
+        let err =
+            parse_samples(format!("{a}{torn}\n").as_bytes(), Path::new("s.jsonl")).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
 
         let mut bad = record("squad", "3", "dense", None);
-        let err = parse_samples(line(&bad).as_bytes(), Path::new("s.jsonl")).unwrap_err().to_string();
+        let err = parse_samples(line(&bad).as_bytes(), Path::new("s.jsonl"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 1: field `score` is null"), "{err}");
         bad.score = Some(1.0);
         bad.method = "sparq".into();
-        let err = parse_samples(line(&bad).as_bytes(), Path::new("s.jsonl")).unwrap_err().to_string();
-        assert!(err.contains("`method` = `sparq` but `spec` = `dense`"), "{err}");
+        let err = parse_samples(line(&bad).as_bytes(), Path::new("s.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`method` = `sparq` but `spec` = `dense`"),
+            "{err}"
+        );
         bad.spec = "sparq:r=8".into();
-        let err = parse_samples(line(&bad).as_bytes(), Path::new("s.jsonl")).unwrap_err().to_string();
-        assert!(err.contains("field `spec` = `sparq:r=8`: method `sparq` needs key `k`"), "{err}");
+        let err = parse_samples(line(&bad).as_bytes(), Path::new("s.jsonl"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("field `spec` = `sparq:r=8`: method `sparq` needs key `k`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -357,12 +441,22 @@ pub(crate) mod tests {
         // The same cell with its keys in another order is the same key.
         let second = record("squad", "1", "sparq:k=128,r=8", Some(0.0));
         let other = record("squad", "2", "sparq:r=8,k=128", Some(0.0));
-        let text = format!("{}\n{}{}{}", line(&first), line(&second), line(&other), line(&second));
+        let text = format!(
+            "{}\n{}{}{}",
+            line(&first),
+            line(&second),
+            line(&other),
+            line(&second)
+        );
         let set = parse_samples(text.as_bytes(), Path::new("s.jsonl")).unwrap();
         assert_eq!(set.records, vec![first, other]);
         let lines: Vec<usize> = set.warnings.iter().map(|w| w.line).collect();
         assert_eq!(lines, [3, 5]);
-        assert!(set.warnings[0].message.contains("duplicate of line 1"), "{}", set.warnings[0]);
+        assert!(
+            set.warnings[0].message.contains("duplicate of line 1"),
+            "{}",
+            set.warnings[0]
+        );
     }
 
     #[test]
@@ -394,7 +488,10 @@ pub(crate) mod tests {
         let (mut app, set) = SampleAppender::open(&path).unwrap();
         assert_eq!(set.records.len(), 1);
         app.append(&b).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}{}", line(&a), b_line));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("{}{}", line(&a), b_line)
+        );
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub fn closest_setting<'a>(rows: &[&'a SettingResult], target: f64) -> Option<&'
         .filter(|(d, _)| *d <= MAX_LOG2_DISTANCE)
         .min_by(|(da, a), (db, b)| {
             da.total_cmp(db)
-                .then(b.compression_ratio.unwrap_or(0.0).total_cmp(&a.compression_ratio.unwrap_or(0.0)))
+                .then(
+                    b.compression_ratio
+                        .unwrap_or(0.0)
+                        .total_cmp(&a.compression_ratio.unwrap_or(0.0)),
+                )
                 .then_with(|| a.spec.cmp(&b.spec))
         })
         .map(|(_, r)| r)
@@ -92,7 +96,10 @@ fn paired(r: &SettingResult) -> String {
 
 /// Methods in registry order, so tables list them the same way `sparq ls methods` does.
 fn method_rank(method: &str) -> usize {
-    registry().iter().position(|m| m.name == method).unwrap_or(usize::MAX)
+    registry()
+        .iter()
+        .position(|m| m.name == method)
+        .unwrap_or(usize::MAX)
 }
 
 /// The whole `report.md`. `results` must be sorted as `aggregate` returns them.
@@ -167,19 +174,35 @@ fn summary(out: &mut String, results: &[SettingResult], models: &BTreeSet<&str>)
         "As the paper's Table 2: dense's score, and for every other method the score of its \
 setting closest to compression {} (within a factor of sqrt(2), else —), with the ratio \
 that setting has in brackets.",
-        targets.iter().map(|t| format!("~{t}")).collect::<Vec<_>>().join("; ")
+        targets
+            .iter()
+            .map(|t| format!("~{t}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     for &model in models {
         let rows: Vec<&SettingResult> = results.iter().filter(|r| r.model == model).collect();
-        let tasks: Vec<&str> = group_keys(results).into_iter().filter(|(m, _)| *m == model).map(|(_, t)| t).collect();
-        let mut methods: Vec<&str> = rows.iter().map(|r| r.method.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+        let tasks: Vec<&str> = group_keys(results)
+            .into_iter()
+            .filter(|(m, _)| *m == model)
+            .map(|(_, t)| t)
+            .collect();
+        let mut methods: Vec<&str> = rows
+            .iter()
+            .map(|r| r.method.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         methods.sort_by_key(|m| (method_rank(m), m.to_string()));
 
         let _ = writeln!(out, "\n### Model `{model}`\n");
         let header: Vec<String> = tasks
             .iter()
             .map(|t| {
-                let higher = rows.iter().find(|r| r.task == *t).is_none_or(|r| r.higher_is_better);
+                let higher = rows
+                    .iter()
+                    .find(|r| r.task == *t)
+                    .is_none_or(|r| r.higher_is_better);
                 format!("{t} ({})", direction(higher))
             })
             .collect();
@@ -189,10 +212,15 @@ that setting has in brackets.",
             let cells: Vec<String> = tasks
                 .iter()
                 .map(|task| {
-                    let candidates: Vec<&SettingResult> =
-                        rows.iter().copied().filter(|r| r.task == *task && r.method == method).collect();
+                    let candidates: Vec<&SettingResult> = rows
+                        .iter()
+                        .copied()
+                        .filter(|r| r.task == *task && r.method == method)
+                        .collect();
                     if method == "dense" {
-                        return candidates.first().map_or_else(|| "—".to_string(), |r| score(r));
+                        return candidates
+                            .first()
+                            .map_or_else(|| "—".to_string(), |r| score(r));
                     }
                     SUMMARY_TARGETS
                         .iter()
@@ -214,15 +242,25 @@ that setting has in brackets.",
 }
 
 fn task_table(out: &mut String, results: &[SettingResult], model: &str, task: &str) {
-    let rows: Vec<&SettingResult> = results.iter().filter(|r| r.model == model && r.task == task).collect();
+    let rows: Vec<&SettingResult> = results
+        .iter()
+        .filter(|r| r.model == model && r.task == task)
+        .collect();
     let first = rows[0];
-    let _ = writeln!(out, "\n## `{task}` on `{model}` ({})\n", direction(first.higher_is_better));
+    let _ = writeln!(
+        out,
+        "\n## `{task}` on `{model}` ({})\n",
+        direction(first.higher_is_better)
+    );
     match first.cost_prompt_tokens {
         Some(s) => {
             let _ = writeln!(out, "Ratios and bytes at S = {s} tokens.\n");
         }
         None => {
-            let _ = writeln!(out, "No sample succeeded, so there is no prompt length to cost the settings at.\n");
+            let _ = writeln!(
+                out,
+                "No sample succeeded, so there is no prompt length to cost the settings at.\n"
+            );
         }
     }
     let _ = writeln!(out, "| setting | ratio | KV bytes/step | n | failed | cut | score | Δ vs dense [95% CI] | agree | measured |");
@@ -294,10 +332,16 @@ mod tests {
         let unscored = row("h2o:k=1", Some(0.25), None);
         let b = row("h2o:k=2", Some(0.3), Some(1.0));
         let c = row("h2o:k=3", Some(0.3), Some(0.0));
-        assert_eq!(closest_setting(&[&unscored, &c, &b], 0.25).unwrap().spec, "h2o:k=2");
+        assert_eq!(
+            closest_setting(&[&unscored, &c, &b], 0.25).unwrap().spec,
+            "h2o:k=2"
+        );
         assert_eq!(closest_setting(&[&b, &c], 0.25).unwrap().spec, "h2o:k=2");
         assert_eq!(closest_setting(&[&unscored], 0.25), None);
-        assert_eq!(closest_setting(&[&row("dense", None, Some(1.0))], 1.0), None);
+        assert_eq!(
+            closest_setting(&[&row("dense", None, Some(1.0))], 1.0),
+            None
+        );
     }
 
     #[test]

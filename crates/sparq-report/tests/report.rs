@@ -23,10 +23,17 @@ fn run_dir() -> tempfile::TempDir {
 fn fixture_report_matches_the_committed_files() {
     let dir = run_dir();
     let summary = rebuild_report(dir.path()).unwrap();
-    assert_eq!((summary.samples, summary.errors, summary.settings), (50, 1, 10));
+    assert_eq!(
+        (summary.samples, summary.errors, summary.settings),
+        (50, 1, 10)
+    );
     assert_eq!(summary.warnings.len(), 2, "{:?}", summary.warnings);
     assert!(summary.warnings[0].ends_with("line 51: duplicate of line 48 for (model `models/SmolLM2-135M-Instruct.Q4_1.gguf`, task `wikitext`, example `wikitext-2`, spec `lminf:k=256`); kept line 48"), "{}", summary.warnings[0]);
-    assert!(summary.warnings[1].contains("line 52: ignored a torn final line"), "{}", summary.warnings[1]);
+    assert!(
+        summary.warnings[1].contains("line 52: ignored a torn final line"),
+        "{}",
+        summary.warnings[1]
+    );
 
     for name in [RESULTS_FILE, REPORT_FILE] {
         let got = fs::read_to_string(dir.path().join(name)).unwrap();
@@ -35,7 +42,11 @@ fn fixture_report_matches_the_committed_files() {
             fs::write(&expected_path, &got).unwrap();
         }
         let expected = fs::read_to_string(&expected_path).unwrap();
-        assert!(got == expected, "{name} differs from {}:\n{got}", expected_path.display());
+        assert!(
+            got == expected,
+            "{name} differs from {}:\n{got}",
+            expected_path.display()
+        );
     }
 
     let plots = dir.path().join("plots");
@@ -43,13 +54,24 @@ fn fixture_report_matches_the_committed_files() {
         let png = fs::read(plots.join(format!("{stem}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         let svg = fs::read_to_string(plots.join(format!("{stem}.svg"))).unwrap();
-        for text in ["SparQ", "H2O", "LM-Infinite", "1/2", "1/8", "compression ratio"] {
+        for text in [
+            "SparQ",
+            "H2O",
+            "LM-Infinite",
+            "1/2",
+            "1/8",
+            "compression ratio",
+        ] {
             assert!(svg.contains(text), "{stem}.svg lacks `{text}`");
         }
     }
     if let Some(out) = std::env::var_os("SPARQ_KEEP_PLOTS") {
         for stem in ["squad", "wikitext"] {
-            fs::copy(plots.join(format!("{stem}.png")), Path::new(&out).join(format!("{stem}.png"))).unwrap();
+            fs::copy(
+                plots.join(format!("{stem}.png")),
+                Path::new(&out).join(format!("{stem}.png")),
+            )
+            .unwrap();
         }
     }
     assert_eq!(summary.written.len(), 6);
@@ -69,7 +91,10 @@ fn missing_samples_and_unwritable_outputs_are_errors() {
     let empty = tempfile::tempdir().unwrap();
     let err = rebuild_report(empty.path()).unwrap_err();
     assert!(matches!(err, ReportError::Io { .. }));
-    assert!(err.to_string().contains("samples.jsonl: cannot read"), "{err}");
+    assert!(
+        err.to_string().contains("samples.jsonl: cannot read"),
+        "{err}"
+    );
 
     // A directory where a file must go cannot be replaced (file permissions do not
     // stop root, which the tests may run as).
@@ -81,7 +106,10 @@ fn missing_samples_and_unwritable_outputs_are_errors() {
     let dir = run_dir();
     fs::write(dir.path().join("plots"), "not a directory").unwrap();
     let err = rebuild_report(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("plots: cannot create the plots directory"), "{err}");
+    assert!(
+        err.contains("plots: cannot create the plots directory"),
+        "{err}"
+    );
     // The tables are written before the charts.
     assert!(dir.path().join(REPORT_FILE).is_file());
 }

@@ -77,7 +77,10 @@ impl LlamaConfig {
         let raw: RawConfig = serde_json::from_str(&text)
             .map_err(|e| RunnerError::model_file(path, format!("not valid JSON: {e}")))?;
         if let Some(archs) = &raw.architectures {
-            if !archs.iter().any(|a| LLAMA_ARCHITECTURES.contains(&a.as_str())) {
+            if !archs
+                .iter()
+                .any(|a| LLAMA_ARCHITECTURES.contains(&a.as_str()))
+            {
                 return Err(RunnerError::UnsupportedArchitecture {
                     path: path.to_path_buf(),
                     found: archs.join(", "),
@@ -180,7 +183,9 @@ impl LlamaConfig {
 
     fn check(&self, path: &Path) -> Result<()> {
         if self.num_key_value_heads == 0
-            || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads)
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             return Err(RunnerError::field(
                 path,
@@ -192,7 +197,11 @@ impl LlamaConfig {
             ));
         }
         if !self.head_dim.is_multiple_of(2) || self.head_dim == 0 {
-            return Err(RunnerError::field(path, "head_dim", "must be even and positive"));
+            return Err(RunnerError::field(
+                path,
+                "head_dim",
+                "must be even and positive",
+            ));
         }
         Ok(())
     }

@@ -23,7 +23,10 @@ pub enum RunnerError {
     },
 
     #[error("tokenizer from {source_desc}: {message}")]
-    Tokenizer { source_desc: String, message: String },
+    Tokenizer {
+        source_desc: String,
+        message: String,
+    },
 
     #[error("Hugging Face hub: {message}")]
     Hub { message: String },

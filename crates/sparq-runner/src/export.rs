@@ -8,7 +8,11 @@ use crate::error::{Result, RunnerError};
 use crate::tokenizer::Tokenizer;
 use crate::weights::LoadedWeights;
 
-pub fn export_safetensors_dir(weights: &LoadedWeights, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+pub fn export_safetensors_dir(
+    weights: &LoadedWeights,
+    tokenizer: &Tokenizer,
+    dir: &Path,
+) -> Result<()> {
     let io = |source| RunnerError::Io {
         path: dir.to_path_buf(),
         source,

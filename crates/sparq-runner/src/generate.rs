@@ -60,7 +60,9 @@ pub fn generate(
     max_new_tokens: usize,
 ) -> Result<Generation> {
     if methods.is_empty() {
-        return Err(RunnerError::Invalid("no attention method to decode with".into()));
+        return Err(RunnerError::Invalid(
+            "no attention method to decode with".into(),
+        ));
     }
     let t0 = Instant::now();
     let cache = model.prefill(prompt, needs_mass(&methods))?;
@@ -134,7 +136,9 @@ pub fn score_continuation(
         ));
     }
     if targets.is_empty() {
-        return Err(RunnerError::Invalid("nothing to score: no target tokens".into()));
+        return Err(RunnerError::Invalid(
+            "nothing to score: no target tokens".into(),
+        ));
     }
     let (head, last) = prefix.split_at(prefix.len() - 1);
     let cache = model.prefill(head, needs_mass(&methods))?;

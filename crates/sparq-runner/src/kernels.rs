@@ -207,7 +207,9 @@ mod tests {
         let mut out = vec![0.0; m * n];
         for b in 0..m {
             for o in 0..n {
-                out[b * n + o] = (0..k).map(|i| x[b * k + i] as f64 * w[o * k + i] as f64).sum::<f64>() as f32;
+                out[b * n + o] = (0..k)
+                    .map(|i| x[b * k + i] as f64 * w[o * k + i] as f64)
+                    .sum::<f64>() as f32;
             }
         }
         out
@@ -216,13 +218,20 @@ mod tests {
     #[test]
     fn linear_matches_naive_for_odd_shapes() {
         for &(m, k, n) in &[(1, 576, 130), (3, 77, 5), (8, 1536, 65), (2, 9, 200)] {
-            let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0).collect();
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0)
+                .collect();
             let mut out = vec![0.0; m * n];
             linear(&x, m, WeightRows::F32(&w), n, &mut out);
             let expect = naive(&x, m, &w, n);
             for (a, b) in out.iter().zip(&expect) {
-                assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b} for {m}x{k}x{n}");
+                assert!(
+                    (a - b).abs() < 1e-3 * (1.0 + b.abs()),
+                    "{a} vs {b} for {m}x{k}x{n}"
+                );
             }
             // bf16 weights give the product of the rounded weights.
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();

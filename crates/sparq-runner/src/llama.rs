@@ -160,15 +160,27 @@ impl Llama {
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let q = w.take(&format!("{p}.self_attn.q_proj.weight"), &[q_dim, h], origin)?;
-            let k = w.take(&format!("{p}.self_attn.k_proj.weight"), &[kv_dim, h], origin)?;
-            let v = w.take(&format!("{p}.self_attn.v_proj.weight"), &[kv_dim, h], origin)?;
+            let k = w.take(
+                &format!("{p}.self_attn.k_proj.weight"),
+                &[kv_dim, h],
+                origin,
+            )?;
+            let v = w.take(
+                &format!("{p}.self_attn.v_proj.weight"),
+                &[kv_dim, h],
+                origin,
+            )?;
             let o = w.take(&format!("{p}.self_attn.o_proj.weight"), &[h, q_dim], origin)?;
             let i_dim = c.intermediate_size;
             let gate = w.take(&format!("{p}.mlp.gate_proj.weight"), &[i_dim, h], origin)?;
             let up = w.take(&format!("{p}.mlp.up_proj.weight"), &[i_dim, h], origin)?;
             let down = w.take(&format!("{p}.mlp.down_proj.weight"), &[h, i_dim], origin)?;
             let input_norm = w.take(&format!("{p}.input_layernorm.weight"), &[h], origin)?;
-            let post_norm = w.take(&format!("{p}.post_attention_layernorm.weight"), &[h], origin)?;
+            let post_norm = w.take(
+                &format!("{p}.post_attention_layernorm.weight"),
+                &[h],
+                origin,
+            )?;
             layers.push(Layer {
                 input_norm: f32_vec(input_norm)?,
                 post_attention_norm: f32_vec(post_norm)?,
@@ -259,7 +271,8 @@ impl Llama {
             let hn = rms_norm_rows(&x, &layer.post_attention_norm, c.rms_norm_eps)?;
             let gu = layer.gate_up.forward(&hn)?;
             let i_dim = c.intermediate_size;
-            let act = (candle_nn::ops::silu(&gu.narrow(1, 0, i_dim)?)? * gu.narrow(1, i_dim, i_dim)?)?;
+            let act =
+                (candle_nn::ops::silu(&gu.narrow(1, 0, i_dim)?)? * gu.narrow(1, i_dim, i_dim)?)?;
             x = (x + layer.down.forward(&act)?)?;
             // 5. keep this layer's cache
             kv.push(
@@ -303,7 +316,9 @@ impl Llama {
         for l in 0..layers {
             for h in 0..nkv {
                 let mass = prompt.mass.as_ref().map(|m| m[l][h].as_slice());
-                states.push(method.init_state(prompt.len(), mass.filter(|_| method.needs_prompt_mass())));
+                states.push(
+                    method.init_state(prompt.len(), mass.filter(|_| method.needs_prompt_mass())),
+                );
             }
         }
         Ok(Branch {
@@ -355,7 +370,11 @@ impl Llama {
         }
         // 1. token embeddings
         let ids = Tensor::new(inputs, &Device::Cpu)?;
-        let mut x = self.embed.index_select(&ids, 0)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut x = self
+            .embed
+            .index_select(&ids, 0)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let qkv_dim = (nh + 2 * nkv) * d;
         for (l, layer) in self.layers.iter().enumerate() {
             // 2. norm, projections and rotary embedding; the new key and value join
@@ -392,7 +411,13 @@ impl Llama {
                     .enumerate()
                 {
                     let q = &row[kvh * g * d..(kvh + 1) * g * d];
-                    jobs.push((method, state, KvView::new(&prompt.kv[l][kvh], gen), q, out_g));
+                    jobs.push((
+                        method,
+                        state,
+                        KvView::new(&prompt.kv[l][kvh], gen),
+                        q,
+                        out_g,
+                    ));
                 }
             }
             let moved: Vec<u64> = jobs
@@ -462,7 +487,11 @@ fn causal_attention(
             let kh = &k[kvh * s * d..(kvh + 1) * s * d];
             let vh = &v[kvh * s * d..(kvh + 1) * s * d];
             let mut out = vec![0.0f32; g * len * d];
-            let mut mass = if with_mass { vec![0.0f32; end] } else { Vec::new() };
+            let mut mass = if with_mass {
+                vec![0.0f32; end]
+            } else {
+                Vec::new()
+            };
             let mut scores = vec![0.0f32; len * end];
             for j in 0..g {
                 let h = kvh * g + j;
@@ -471,13 +500,24 @@ fn causal_attention(
                 // scores `len x end`, q rows `len x d`, keys `end x d` read transposed.
                 unsafe {
                     gemm::gemm(
-                        len, end, d,
-                        scores.as_mut_ptr(), 1, end as isize,
+                        len,
+                        end,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        end as isize,
                         false,
-                        qh.as_ptr(), 1, d as isize,
-                        kh.as_ptr(), d as isize, 1,
-                        0.0, scale,
-                        false, false, false,
+                        qh.as_ptr(),
+                        1,
+                        d as isize,
+                        kh.as_ptr(),
+                        d as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
                         gemm::Parallelism::None,
                     );
                 }
@@ -487,20 +527,34 @@ fn causal_attention(
                     sparq_attention::softmax_in_place(live);
                     masked.fill(0.0);
                     if with_mass {
-                        mass[..valid].iter_mut().zip(live.iter()).for_each(|(m, p)| *m += p / g as f32);
+                        mass[..valid]
+                            .iter_mut()
+                            .zip(live.iter())
+                            .for_each(|(m, p)| *m += p / g as f32);
                     }
                 }
                 let oj = &mut out[j * len * d..(j + 1) * len * d];
                 // SAFETY: output `len x d`, probabilities `len x end`, values `end x d`.
                 unsafe {
                     gemm::gemm(
-                        len, d, end,
-                        oj.as_mut_ptr(), 1, d as isize,
+                        len,
+                        d,
+                        end,
+                        oj.as_mut_ptr(),
+                        1,
+                        d as isize,
                         false,
-                        scores.as_ptr(), 1, end as isize,
-                        vh.as_ptr(), 1, d as isize,
-                        0.0, 1.0,
-                        false, false, false,
+                        scores.as_ptr(),
+                        1,
+                        end as isize,
+                        vh.as_ptr(),
+                        1,
+                        d as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
                         gemm::Parallelism::None,
                     );
                 }
@@ -520,7 +574,10 @@ fn causal_attention(
             }
         }
         if let Some(all) = mass_all.as_mut() {
-            all[kvh][..mass.len()].iter_mut().zip(&mass).for_each(|(a, m)| *a += m);
+            all[kvh][..mass.len()]
+                .iter_mut()
+                .zip(&mass)
+                .for_each(|(a, m)| *a += m);
         }
     }
     (attn, mass_all)

@@ -33,8 +33,11 @@ impl Rope {
                 original_max_position_embeddings,
             }) => {
                 let old = *original_max_position_embeddings as f32;
-                let (factor, low, high) =
-                    (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32);
+                let (factor, low, high) = (
+                    *factor as f32,
+                    *low_freq_factor as f32,
+                    *high_freq_factor as f32,
+                );
                 let low_wavelen = old / low;
                 let high_wavelen = old / high;
                 for f in inv_freq.iter_mut() {

@@ -9,7 +9,10 @@ use crate::error::{Result, RunnerError};
 pub enum ModelSource {
     Gguf(PathBuf),
     Dir(PathBuf),
-    Hub { repo: String, revision: Option<String> },
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
 }
 
 impl ModelSource {
@@ -88,7 +91,11 @@ pub fn fetch_from_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
                 .map_err(|e| RunnerError::model_file(&index, format!("not valid JSON: {e}")))?;
             let mut shards: Vec<String> = json["weight_map"]
                 .as_object()
-                .map(|m| m.values().filter_map(|v| v.as_str().map(String::from)).collect())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             shards.sort();
             shards.dedup();
@@ -119,7 +126,12 @@ mod tests {
                 revision: Some("main".into())
             }
         );
-        let err = ModelSource::parse("./missing/model.gguf").unwrap_err().to_string();
-        assert!(err.contains("missing/model.gguf") && err.contains("does not exist"), "{err}");
+        let err = ModelSource::parse("./missing/model.gguf")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("missing/model.gguf") && err.contains("does not exist"),
+            "{err}"
+        );
     }
 }

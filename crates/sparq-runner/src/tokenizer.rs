@@ -92,7 +92,11 @@ impl Tokenizer {
                     .map(|m| {
                         m.split_once(' ')
                             .map(|(a, b)| (a.to_string(), b.to_string()))
-                            .ok_or_else(|| err(format!("merge `{m}` is not two tokens separated by a space")))
+                            .ok_or_else(|| {
+                                err(format!(
+                                    "merge `{m}` is not two tokens separated by a space"
+                                ))
+                            })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let bpe = BPE::builder()
@@ -280,7 +284,10 @@ mod tests {
 
     #[test]
     fn sentencepiece_merges_follow_score_order() {
-        let toks: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"].iter().map(|s| s.to_string()).collect();
+        let toks: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let scores = [0.0, 0.0, 0.0, -1.0, -2.0, -3.0];
         let merges = sentencepiece_merges(&toks, &scores);
         let want: Vec<(String, String)> = [("a", "b"), ("b", "c"), ("ab", "c"), ("a", "bc")]

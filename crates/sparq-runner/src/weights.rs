@@ -29,7 +29,10 @@ impl LoadedWeights {
         if t.dims() != shape {
             return Err(RunnerError::model_file(
                 origin,
-                format!("tensor `{name}` has shape {:?}, expected {shape:?}", t.dims()),
+                format!(
+                    "tensor `{name}` has shape {:?}, expected {shape:?}",
+                    t.dims()
+                ),
             ));
         }
         Ok(t)
@@ -54,9 +57,8 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
             source,
         })?
         .len();
-    let content = gguf_file::Content::read(&mut file).map_err(|e| {
-        RunnerError::model_file(path, format!("not a readable GGUF file ({e})"))
-    })?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| RunnerError::model_file(path, format!("not a readable GGUF file ({e})")))?;
     // A cut-off download passes the header check; find it before reading tensors.
     for (name, info) in &content.tensor_infos {
         let elems = info.shape.elem_count();
@@ -217,7 +219,13 @@ fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| RunnerError::field(index, "weight_map", "must be an object of tensor name -> file"))?;
+        .ok_or_else(|| {
+            RunnerError::field(
+                index,
+                "weight_map",
+                "must be an object of tensor name -> file",
+            )
+        })?;
     let dir = index.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = map
         .values()
@@ -242,8 +250,10 @@ pub fn load_safetensors(files: &SafetensorsDir) -> Result<LoadedWeights> {
     let mut tensors = HashMap::new();
     for shard in &files.shards {
         // SAFETY: the file is mapped read-only and not modified while we read it.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(shard) }
-            .map_err(|e| RunnerError::model_file(shard, format!("not a readable safetensors file ({e})")))?;
+        let st =
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(shard) }.map_err(|e| {
+                RunnerError::model_file(shard, format!("not a readable safetensors file ({e})"))
+            })?;
         for (name, _) in st.tensors() {
             let t = st
                 .load(&name, &device)
@@ -277,12 +287,18 @@ mod tests {
         // One head of dim 4, one input column: GGUF rows are [x0, x2, x1, x3].
         let w = Tensor::new(&[[0f32], [2.], [1.], [3.]], &Device::Cpu).unwrap();
         let back = unpermute_rotary_rows(&w, 1).unwrap();
-        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0., 1., 2., 3.]);
+        assert_eq!(
+            back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![0., 1., 2., 3.]
+        );
     }
 
     #[test]
     fn gguf_names_map_to_hugging_face_names() {
-        assert_eq!(hf_name("blk.7.attn_q.weight").unwrap(), "model.layers.7.self_attn.q_proj.weight");
+        assert_eq!(
+            hf_name("blk.7.attn_q.weight").unwrap(),
+            "model.layers.7.self_attn.q_proj.weight"
+        );
         assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
         assert!(hf_name("blk.x.attn_q.weight").is_none());
     }

@@ -15,7 +15,11 @@ fn goldens() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
@@ -47,7 +51,10 @@ fn greedy_tokens_and_first_logits_match_transformers() {
             equal += 1;
         } else {
             let first_diff = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-            report.push(format!("{:?}: first difference at token {first_diff}", case["prompt"]));
+            report.push(format!(
+                "{:?}: first difference at token {first_diff}",
+                case["prompt"]
+            ));
         }
         for pair in case["first_step_top5"].as_array().unwrap() {
             let id = pair[0].as_u64().unwrap() as usize;
@@ -68,8 +75,19 @@ fn greedy_tokens_and_first_logits_match_transformers() {
             .iter()
             .map(|p| p[0].as_u64().unwrap() as usize)
             .collect();
-        assert_eq!(ranked[0], want_top[0], "argmax differs for {:?}", case["prompt"]);
+        assert_eq!(
+            ranked[0], want_top[0],
+            "argmax differs for {:?}",
+            case["prompt"]
+        );
     }
-    println!("greedy continuations equal: {equal}/{}; {report:?}", cases.len());
-    assert!(equal * 10 >= cases.len() * 9, "only {equal}/{} equal: {report:?}", cases.len());
+    println!(
+        "greedy continuations equal: {equal}/{}; {report:?}",
+        cases.len()
+    );
+    assert!(
+        equal * 10 >= cases.len() * 9,
+        "only {equal}/{} equal: {report:?}",
+        cases.len()
+    );
 }

@@ -18,13 +18,20 @@ fn safetensors_directory_gives_the_gguf_logits() {
         let tokenizer = Tokenizer::from_gguf(&gguf_path, &gguf.metadata).unwrap();
         export_safetensors_dir(&gguf.weights, &tokenizer, dir.path()).unwrap();
     }
-    let from_dir = load_model(&ModelSource::Dir(dir.path().to_path_buf()), WeightDtype::F32).unwrap();
+    let from_dir = load_model(
+        &ModelSource::Dir(dir.path().to_path_buf()),
+        WeightDtype::F32,
+    )
+    .unwrap();
     let from_gguf = common::default_model();
 
     let text = "Résumé of the day:\n\tthe cat  sat on the mat. <|im_start|>assistant\n";
     let a = from_gguf.tokenizer.encode(text).unwrap();
     let b = from_dir.tokenizer.encode(text).unwrap();
-    assert_eq!(a, b, "tokenizer.json written from the GGUF metadata encodes alike");
+    assert_eq!(
+        a, b,
+        "tokenizer.json written from the GGUF metadata encodes alike"
+    );
 
     let ga = sparq_runner::generate(&from_gguf.model, &a, vec![Box::new(Dense)], 6).unwrap();
     let gb = sparq_runner::generate(&from_dir.model, &b, vec![Box::new(Dense)], 6).unwrap();

@@ -10,8 +10,14 @@ use crate::text::render;
 
 /// The built-in declarations, in listing order.
 const BUILTIN: [(&str, &str); 5] = [
-    ("tasks/squad.toml", include_str!("../../../tasks/squad.toml")),
-    ("tasks/triviaqa.toml", include_str!("../../../tasks/triviaqa.toml")),
+    (
+        "tasks/squad.toml",
+        include_str!("../../../tasks/squad.toml"),
+    ),
+    (
+        "tasks/triviaqa.toml",
+        include_str!("../../../tasks/triviaqa.toml"),
+    ),
     (
         "tasks/cnn_dailymail.toml",
         include_str!("../../../tasks/cnn_dailymail.toml"),
@@ -20,7 +26,10 @@ const BUILTIN: [(&str, &str); 5] = [
         "tasks/repetition.toml",
         include_str!("../../../tasks/repetition.toml"),
     ),
-    ("tasks/wikitext.toml", include_str!("../../../tasks/wikitext.toml")),
+    (
+        "tasks/wikitext.toml",
+        include_str!("../../../tasks/wikitext.toml"),
+    ),
 ];
 
 /// What `sparq ls tasks` shows about a built-in task.
@@ -256,7 +265,9 @@ impl TaskDecl {
             }
         } else {
             if self.metric == Metric::BitsPerChar {
-                return Err(self.err("metric \"bits-per-char\" needs generation.teacher_forced = true"));
+                return Err(
+                    self.err("metric \"bits-per-char\" needs generation.teacher_forced = true")
+                );
             }
             if g.cap.is_none_or(|c| c == 0) {
                 return Err(self.err("generation.cap must be a positive number of tokens"));
@@ -294,7 +305,9 @@ impl TaskDecl {
         if let Some(r) = &self.repetition {
             render(&r.input, &[("context", ""), ("prompt", "")], file)?;
             if r.context_chars == 0 || r.reference_chars == 0 {
-                return Err(self.err("repetition.context_chars and reference_chars must be positive"));
+                return Err(
+                    self.err("repetition.context_chars and reference_chars must be positive")
+                );
             }
         }
         if let Some(w) = &self.wikitext {
@@ -317,7 +330,13 @@ mod tests {
         assert_eq!(names, builtin_task_names());
         assert_eq!(
             names,
-            ["squad", "triviaqa", "cnn_dailymail", "repetition", "wikitext"]
+            [
+                "squad",
+                "triviaqa",
+                "cnn_dailymail",
+                "repetition",
+                "wikitext"
+            ]
         );
         let kinds: Vec<_> = decls.iter().map(|d| d.kind()).collect();
         assert_eq!(
@@ -343,7 +362,9 @@ mod tests {
         assert_eq!(get("repetition").metric, Metric::MatchChars);
         assert_eq!(get("wikitext").metric, Metric::BitsPerChar);
         assert!(get("wikitext").hub_dataset.contains("Salesforce/wikitext"));
-        assert!(tasks.iter().all(|t| t.version >= 1 && !t.description.is_empty()));
+        assert!(tasks
+            .iter()
+            .all(|t| t.version >= 1 && !t.description.is_empty()));
     }
 
     #[test]
@@ -351,7 +372,10 @@ mod tests {
         let base = BUILTIN[2].1; // cnn_dailymail
         let typo = base.replace("cut_to_reference", "cut_to_refrence");
         let err = TaskDecl::parse("x.toml", &typo).unwrap_err().to_string();
-        assert!(err.contains("x.toml") && err.contains("cut_to_refrence"), "{err}");
+        assert!(
+            err.contains("x.toml") && err.contains("cut_to_refrence"),
+            "{err}"
+        );
 
         let bad_tpl = base.replace("Article: {article}", "Article: {body}");
         let err = TaskDecl::parse("x.toml", &bad_tpl).unwrap_err().to_string();
@@ -364,7 +388,9 @@ mod tests {
         let bpc = base.replace("metric = \"rouge-l\"", "metric = \"bits-per-char\"");
         assert!(TaskDecl::parse("x.toml", &bpc).is_err());
         let bad_metric = base.replace("metric = \"rouge-l\"", "metric = \"bleu\"");
-        let err = TaskDecl::parse("x.toml", &bad_metric).unwrap_err().to_string();
+        let err = TaskDecl::parse("x.toml", &bad_metric)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bleu"), "{err}");
     }
 }

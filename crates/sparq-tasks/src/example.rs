@@ -176,7 +176,10 @@ mod tests {
     #[test]
     fn multi_reference_scoring_takes_the_best_reference() {
         let refs = vec!["Paris".to_string(), "the city of light".to_string()];
-        assert_eq!(Metric::PrefixMatch.score("City of light", &refs).unwrap(), 1.0);
+        assert_eq!(
+            Metric::PrefixMatch.score("City of light", &refs).unwrap(),
+            1.0
+        );
         let refs = vec!["abc def".to_string(), "abx".to_string()];
         assert_eq!(Metric::MatchChars.score("abx y", &refs).unwrap(), 3.0);
         let refs = vec!["cats sat".to_string(), "the cat sat on the mat".to_string()];

@@ -245,12 +245,21 @@ mod tests {
         let err = parse_object(p, 3, "{not json").unwrap_err().to_string();
         assert!(err.contains("f.jsonl") && err.contains("line 3"), "{err}");
         let err = parse_object(p, 4, "[1]").unwrap_err().to_string();
-        assert!(err.contains("expected a JSON object, found an array"), "{err}");
+        assert!(
+            err.contains("expected a JSON object, found an array"),
+            "{err}"
+        );
         let obj = parse_object(p, 5, r#"{"a": {"b": 1}, "s": 2, "l": ["x", 3]}"#).unwrap();
         let err = string_field(p, 5, &obj, "id").unwrap_err().to_string();
-        assert!(err.contains("missing field `id`") && err.contains("line 5"), "{err}");
+        assert!(
+            err.contains("missing field `id`") && err.contains("line 5"),
+            "{err}"
+        );
         let err = string_field(p, 5, &obj, "s").unwrap_err().to_string();
-        assert!(err.contains("`s`") && err.contains("found a number"), "{err}");
+        assert!(
+            err.contains("`s`") && err.contains("found a number"),
+            "{err}"
+        );
         let err = nested(p, 5, &obj, "a.c").unwrap_err().to_string();
         assert!(err.contains("missing field `a.c`"), "{err}");
         let err = nested_strings(p, 5, &obj, "a.b").unwrap_err().to_string();

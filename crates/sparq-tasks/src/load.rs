@@ -55,16 +55,15 @@ pub fn load_task(
     options: &LoadOptions,
     tokens: &dyn TokenCounter,
 ) -> Result<LoadedTask, TaskError> {
-    if let Some(decl) = builtin_declarations()?
-        .into_iter()
-        .find(|d| d.name == name)
-    {
+    if let Some(decl) = builtin_declarations()?.into_iter().find(|d| d.name == name) {
         return load_declared(&decl, options, tokens);
     }
     let path = Path::new(name);
     let looks_like_path = name.contains('/')
         || name.contains('\\')
-        || path.extension().is_some_and(|e| e == "jsonl" || e == "json");
+        || path
+            .extension()
+            .is_some_and(|e| e == "jsonl" || e == "json");
     if path.is_file() || looks_like_path {
         return load_custom_task(path, options.limit);
     }
@@ -178,7 +177,8 @@ pub fn load_custom_task(path: &Path, limit: Option<usize>) -> Result<LoadedTask,
             field: field.to_string(),
             message,
         };
-        let metric = Metric::from_name(&metric_name).map_err(|e| invalid("metric", e.to_string()))?;
+        let metric =
+            Metric::from_name(&metric_name).map_err(|e| invalid("metric", e.to_string()))?;
         if metric == Metric::BitsPerChar {
             return Err(invalid(
                 "metric",

@@ -272,7 +272,10 @@ mod tests {
         let decl = &builtin_declarations().unwrap()[4];
         let err = load(decl, None, &["text"], &closed()).err().unwrap();
         let msg = err.to_string();
-        assert!(msg.starts_with("cannot reach the Hugging Face hub"), "{msg}");
+        assert!(
+            msg.starts_with("cannot reach the Hugging Face hub"),
+            "{msg}"
+        );
         assert!(msg.contains("Salesforce/wikitext"), "{msg}");
         assert!(msg.contains("point --data-dir"), "{msg}");
         assert!(msg.contains("wikitext2/wiki.test.raw"), "{msg}");

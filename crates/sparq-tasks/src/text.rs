@@ -146,7 +146,8 @@ pub(crate) fn render(
         file: what.to_string(),
         message,
     };
-    let mut out = String::with_capacity(template.len() + values.iter().map(|v| v.1.len()).sum::<usize>());
+    let mut out =
+        String::with_capacity(template.len() + values.iter().map(|v| v.1.len()).sum::<usize>());
     let mut rest = template;
     while let Some(pos) = rest.find(['{', '}']) {
         out.push_str(&rest[..pos]);
@@ -240,8 +241,11 @@ mod tests {
     /// so that boundaries land everywhere. (No U+001C..U+001F: there the regex
     /// engine and Python disagree, and Python is the reference.)
     fn text_strategy() -> impl Strategy<Value = String> {
-        proptest::collection::vec(prop_oneof![Just('a'), Just('é'), Just(' '), Just('\n'), Just('b')], 0..120)
-            .prop_map(|v| v.into_iter().collect())
+        proptest::collection::vec(
+            prop_oneof![Just('a'), Just('é'), Just(' '), Just('\n'), Just('b')],
+            0..120,
+        )
+        .prop_map(|v| v.into_iter().collect())
     }
 
     proptest! {
@@ -263,7 +267,10 @@ mod tests {
 
     #[test]
     fn python_whitespace_includes_the_ascii_separators() {
-        for c in [' ', '\t', '\n', '\r', '\u{b}', '\u{c}', '\u{1c}', '\u{1f}', '\u{85}', '\u{a0}', '\u{3000}'] {
+        for c in [
+            ' ', '\t', '\n', '\r', '\u{b}', '\u{c}', '\u{1c}', '\u{1f}', '\u{85}', '\u{a0}',
+            '\u{3000}',
+        ] {
             assert!(is_py_space(c), "{c:?}");
         }
         for c in ['a', '\u{200b}', '_', '\u{0}'] {
@@ -277,7 +284,10 @@ mod tests {
         let a = wikitext_articles(raw);
         assert_eq!(a.len(), 2);
         assert_eq!(a[0].title, "One");
-        assert_eq!(a[0].text, " = One = \n \n Text one .\n \n = = Section = = \n More .\n");
+        assert_eq!(
+            a[0].text,
+            " = One = \n \n Text one .\n \n = = Section = = \n More .\n"
+        );
         assert_eq!((a[1].index, a[1].title.as_str()), (1, "Two"));
         assert_eq!(a[1].text, " = Two = \n Body\n");
     }
@@ -287,7 +297,10 @@ mod tests {
         let v = [("a", "x"), ("b", "{y}")];
         assert_eq!(render("{a}-{b} {{lit}}", &v, "t").unwrap(), "x-{y} {lit}");
         let err = render("{a} {c}", &v, "t.toml").unwrap_err().to_string();
-        assert!(err.contains("{c}") && err.contains("{a}, {b}") && err.contains("t.toml"), "{err}");
+        assert!(
+            err.contains("{c}") && err.contains("{a}, {b}") && err.contains("t.toml"),
+            "{err}"
+        );
         assert!(render("{a", &v, "t").is_err());
         assert!(render("a}", &v, "t").is_err());
     }

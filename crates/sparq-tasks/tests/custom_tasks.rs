@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use sparq_tasks::{
-    list_tasks, load_custom_task, load_task, metrics::read_pairs, LoadOptions, Metric,
-    TaskError, TokenCounter,
+    list_tasks, load_custom_task, load_task, metrics::read_pairs, LoadOptions, Metric, TaskError,
+    TokenCounter,
 };
 
 struct Words;
@@ -41,7 +41,10 @@ fn custom_file_loads_verbatim() {
     assert_eq!(a.references, ["4", "four"]);
     assert_eq!(a.metric, Metric::PrefixMatch);
     assert_eq!(a.max_new_tokens, 4);
-    assert_eq!((a.cut_output_to_tokens.clone(), a.teacher_forced.clone()), (None, None));
+    assert_eq!(
+        (a.cut_output_to_tokens.clone(), a.teacher_forced.clone()),
+        (None, None)
+    );
     // Integer ids are accepted as text.
     assert_eq!(task.examples[1].id, "7");
     assert_eq!(task.examples[2].metric, Metric::MatchChars);
@@ -66,25 +69,55 @@ fn custom_error(text: &str) -> String {
 fn custom_file_errors_name_file_line_and_field() {
     let first = GOOD.lines().next().unwrap();
     let err = custom_error(&format!("{first}\n{{\"id\": \"b\", \"input\": \n"));
-    assert!(err.contains("bad.jsonl") && err.contains("line 2") && err.contains("invalid JSON"), "{err}");
+    assert!(
+        err.contains("bad.jsonl") && err.contains("line 2") && err.contains("invalid JSON"),
+        "{err}"
+    );
 
-    let err = custom_error(r#"{"id": "b", "references": ["x"], "metric": "rouge-l", "max_new_tokens": 3}"#);
-    assert!(err.contains("line 1") && err.contains("missing field `input`"), "{err}");
+    let err = custom_error(
+        r#"{"id": "b", "references": ["x"], "metric": "rouge-l", "max_new_tokens": 3}"#,
+    );
+    assert!(
+        err.contains("line 1") && err.contains("missing field `input`"),
+        "{err}"
+    );
 
-    let err = custom_error(r#"{"id": "b", "input": "i", "references": ["x"], "metric": "bleu", "max_new_tokens": 3}"#);
-    assert!(err.contains("`metric`") && err.contains("unknown metric `bleu`") && err.contains("rouge-l"), "{err}");
+    let err = custom_error(
+        r#"{"id": "b", "input": "i", "references": ["x"], "metric": "bleu", "max_new_tokens": 3}"#,
+    );
+    assert!(
+        err.contains("`metric`")
+            && err.contains("unknown metric `bleu`")
+            && err.contains("rouge-l"),
+        "{err}"
+    );
 
-    let err = custom_error(r#"{"id": "b", "input": "i", "references": ["x"], "metric": "bits-per-char", "max_new_tokens": 3}"#);
+    let err = custom_error(
+        r#"{"id": "b", "input": "i", "references": ["x"], "metric": "bits-per-char", "max_new_tokens": 3}"#,
+    );
     assert!(err.contains("not available for custom tasks"), "{err}");
 
-    let err = custom_error(r#"{"id": "b", "input": "i", "references": [], "metric": "rouge-l", "max_new_tokens": 3}"#);
-    assert!(err.contains("`references`") && err.contains("empty"), "{err}");
+    let err = custom_error(
+        r#"{"id": "b", "input": "i", "references": [], "metric": "rouge-l", "max_new_tokens": 3}"#,
+    );
+    assert!(
+        err.contains("`references`") && err.contains("empty"),
+        "{err}"
+    );
 
-    let err = custom_error(r#"{"id": "b", "input": "i", "references": ["x"], "metric": "rouge-l", "max_new_tokens": -1}"#);
-    assert!(err.contains("`max_new_tokens`") && err.contains("non-negative integer"), "{err}");
+    let err = custom_error(
+        r#"{"id": "b", "input": "i", "references": ["x"], "metric": "rouge-l", "max_new_tokens": -1}"#,
+    );
+    assert!(
+        err.contains("`max_new_tokens`") && err.contains("non-negative integer"),
+        "{err}"
+    );
 
     let err = custom_error(&format!("{first}\n{first}\n"));
-    assert!(err.contains("line 2") && err.contains("duplicate id `a` (first on line 1)"), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("duplicate id `a` (first on line 1)"),
+        "{err}"
+    );
 
     let err = custom_error("\n\n");
     assert!(err.contains("no usable example"), "{err}");
@@ -98,7 +131,13 @@ fn unknown_names_and_missing_files() {
     let err = load_task("squadd", &LoadOptions::default(), &Words).unwrap_err();
     assert!(matches!(err, TaskError::UnknownTask { .. }));
     let msg = err.to_string();
-    for name in ["squad", "triviaqa", "cnn_dailymail", "repetition", "wikitext"] {
+    for name in [
+        "squad",
+        "triviaqa",
+        "cnn_dailymail",
+        "repetition",
+        "wikitext",
+    ] {
         assert!(msg.contains(name), "{msg}");
     }
     let err = load_task("no/such/file.jsonl", &LoadOptions::default(), &Words).unwrap_err();
@@ -117,20 +156,39 @@ fn pairs_file_for_sparq_metric() {
     );
     let pairs = read_pairs(&path).unwrap();
     assert_eq!(pairs.len(), 2);
-    assert_eq!(Metric::PrefixMatch.score(&pairs[0].prediction, &pairs[0].references).unwrap(), 1.0);
-    let f = Metric::RougeL.score(&pairs[1].prediction, &pairs[1].references).unwrap();
+    assert_eq!(
+        Metric::PrefixMatch
+            .score(&pairs[0].prediction, &pairs[0].references)
+            .unwrap(),
+        1.0
+    );
+    let f = Metric::RougeL
+        .score(&pairs[1].prediction, &pairs[1].references)
+        .unwrap();
     assert!((f - 2.0 * (1.0 * 0.5) / 1.5).abs() < 1e-12, "{f}");
 
     let bad = write(dir.path(), "bad.jsonl", "{\"prediction\": \"x\"}\n");
     let err = read_pairs(&bad).unwrap_err().to_string();
-    assert!(err.contains("bad.jsonl") && err.contains("missing field `references`"), "{err}");
+    assert!(
+        err.contains("bad.jsonl") && err.contains("missing field `references`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn listing_names_every_builtin_task() {
     let tasks = list_tasks().unwrap();
     let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["squad", "triviaqa", "cnn_dailymail", "repetition", "wikitext"]);
+    assert_eq!(
+        names,
+        [
+            "squad",
+            "triviaqa",
+            "cnn_dailymail",
+            "repetition",
+            "wikitext"
+        ]
+    );
 }
 
 proptest! {

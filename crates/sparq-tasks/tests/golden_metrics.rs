@@ -8,7 +8,9 @@ use proptest::prelude::*;
 use sparq_tasks::metrics::{match_chars, porter_stem, prefix_match, rouge_l};
 
 fn golden(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -52,7 +54,12 @@ fn porter_stemmer_matches_nltk() {
         n += 1;
     }
     assert!(n > 2000);
-    assert!(wrong.is_empty(), "{} of {n} stems differ:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} of {n} stems differ:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
 
 proptest! {

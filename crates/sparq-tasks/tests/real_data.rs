@@ -48,7 +48,10 @@ fn load(name: &str, dir: &Path, limit: Option<usize>) -> LoadedTask {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn golden_splits() -> Value {
@@ -90,9 +93,48 @@ fn first_shortest(answers: &[String]) -> &str {
 /// question id.
 type SquadPin = (&'static str, [(usize, usize); 8], &'static str);
 const SQUAD_PINNED: &[SquadPin] = &[
-    ("571c9074dd7acb1400e4c100", [(10, 5), (27, 36), (27, 3), (46, 43), (25, 26), (12, 14), (0, 25), (41, 39)], "571c9074dd7acb1400e4c102"),
-    ("572963876aef051400154dd6", [(39, 12), (28, 6), (23, 8), (3, 6), (25, 17), (16, 15), (26, 13), (22, 32)], "572963876aef051400154dd5"),
-    ("57111380a58dae1900cd6bda", [(14, 33), (24, 95), (22, 13), (47, 14), (10, 35), (46, 9), (2, 23), (37, 34)], "57111380a58dae1900cd6bd9"),
+    (
+        "571c9074dd7acb1400e4c100",
+        [
+            (10, 5),
+            (27, 36),
+            (27, 3),
+            (46, 43),
+            (25, 26),
+            (12, 14),
+            (0, 25),
+            (41, 39),
+        ],
+        "571c9074dd7acb1400e4c102",
+    ),
+    (
+        "572963876aef051400154dd6",
+        [
+            (39, 12),
+            (28, 6),
+            (23, 8),
+            (3, 6),
+            (25, 17),
+            (16, 15),
+            (26, 13),
+            (22, 32),
+        ],
+        "572963876aef051400154dd5",
+    ),
+    (
+        "57111380a58dae1900cd6bda",
+        [
+            (14, 33),
+            (24, 95),
+            (22, 13),
+            (47, 14),
+            (10, 35),
+            (46, 9),
+            (2, 23),
+            (37, 34),
+        ],
+        "57111380a58dae1900cd6bd9",
+    ),
 ];
 
 struct Squad {
@@ -165,7 +207,10 @@ fn paragraphs_of(input: &str, squad: &Squad) -> Vec<(usize, usize)> {
 fn squad_prompt(squad: &Squad, id: &str, paragraphs: &[(usize, usize)], shot: &str) -> String {
     let (a, _, question, _) = &squad.questions[id];
     let (_, _, shot_question, shot_answers) = &squad.questions[shot];
-    let context: Vec<&str> = paragraphs.iter().map(|p| squad.formatted[p].as_str()).collect();
+    let context: Vec<&str> = paragraphs
+        .iter()
+        .map(|p| squad.formatted[p].as_str())
+        .collect();
     format!(
         "{}\nFrom what you've just read about {}, please answer the following questions.\
          \nQuestion: {}\nAnswer: {}\nQuestion: {}\nAnswer:",
@@ -192,10 +237,18 @@ fn squad_prompts_rebuild_from_the_raw_json() {
         let (a, p, _, answers) = &squad.questions[&ex.id];
         let paras = paragraphs_of(&ex.input, &squad);
         assert_eq!(paras.len(), 8, "{}", ex.id);
-        assert!(paras.contains(&(*a, *p)), "{}: own paragraph missing", ex.id);
+        assert!(
+            paras.contains(&(*a, *p)),
+            "{}: own paragraph missing",
+            ex.id
+        );
         // The shot: the question (and its shortest answer) after the closing line.
         // Questions can repeat word for word, so the answer picks among them.
-        let after = ex.input.split("please answer the following questions.\nQuestion: ").nth(1).unwrap();
+        let after = ex
+            .input
+            .split("please answer the following questions.\nQuestion: ")
+            .nth(1)
+            .unwrap();
         let (shot_question, rest) = after.split_once("\nAnswer: ").unwrap();
         let shot_answer = rest.split("\nQuestion: ").next().unwrap();
         let is_shot = |q: &String| {
@@ -212,9 +265,18 @@ fn squad_prompts_rebuild_from_the_raw_json() {
         } else {
             squad.questions.keys().find(|q| is_shot(q)).unwrap().clone()
         };
-        assert_eq!(ex.input, squad_prompt(&squad, &ex.id, &paras, &shot), "{}", ex.id);
+        assert_eq!(
+            ex.input,
+            squad_prompt(&squad, &ex.id, &paras, &shot),
+            "{}",
+            ex.id
+        );
         assert_eq!(ex.metric, Metric::PrefixMatch);
-        let longest = answers.iter().map(|x| x.split_whitespace().count()).max().unwrap();
+        let longest = answers
+            .iter()
+            .map(|x| x.split_whitespace().count())
+            .max()
+            .unwrap();
         assert_eq!(ex.max_new_tokens, 30.min(5 + longest));
         if pinned.len() < 3 {
             pinned.push((ex.id.clone(), paras, shot));
@@ -257,7 +319,10 @@ fn cnn_dailymail_examples_are_the_in_range_articles() {
         if (4000..=8000).contains(&article.chars().count()) {
             expected.insert(
                 v["idx"].to_string(),
-                (article.to_string(), v["highlights"].as_str().unwrap().to_string()),
+                (
+                    article.to_string(),
+                    v["highlights"].as_str().unwrap().to_string(),
+                ),
             );
         }
     }
@@ -273,7 +338,10 @@ fn cnn_dailymail_examples_are_the_in_range_articles() {
         assert_eq!(ex.input, format!("Article: {article}\nSummary:"));
         assert_eq!(ex.references, [highlights.clone()]);
         let n = highlights.split_whitespace().count();
-        assert_eq!((ex.max_new_tokens, ex.cut_output_to_tokens), (n.min(128), Some(n)));
+        assert_eq!(
+            (ex.max_new_tokens, ex.cut_output_to_tokens),
+            (n.min(128), Some(n))
+        );
         assert_eq!(ex.metric, Metric::RougeL);
     }
     assert_eq!(ids(&task.examples, 5), CNN_FIRST_IDS);
@@ -293,7 +361,12 @@ fn repetition_splits_match_python_re() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c[0].as_u64().unwrap() as usize, c[1].as_u64().unwrap() as usize))
+        .map(|c| {
+            (
+                c[0].as_u64().unwrap() as usize,
+                c[1].as_u64().unwrap() as usize,
+            )
+        })
         .collect();
     let counts: Vec<usize> = g["pair_counts"]
         .as_array()
@@ -327,18 +400,26 @@ fn repetition_splits_match_python_re() {
                 head.push(vec![pos, split, stop]);
             }
             let n = reference.split_whitespace().count();
-            assert_eq!((ex.max_new_tokens, ex.cut_output_to_tokens), (n.min(128), Some(n)));
+            assert_eq!(
+                (ex.max_new_tokens, ex.cut_output_to_tokens),
+                (n.min(128), Some(n))
+            );
             pos = stop;
         }
         assert!(!by_id.contains_key(format!("ctx{i}-{}", counts[i]).as_str()));
     }
-    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(digest, g["pairs_sha256"].as_str().unwrap());
     let want_head: Vec<Vec<usize>> = serde_json::from_value(g["pairs_head"].clone()).unwrap();
     assert_eq!(head, want_head);
     assert_eq!(ids(&task.examples, 5), REPETITION_FIRST_IDS);
 }
-const REPETITION_FIRST_IDS: [&str; 5] = ["ctx116-4", "ctx98-10", "ctx160-6", "ctx108-10", "ctx23-0"];
+const REPETITION_FIRST_IDS: [&str; 5] =
+    ["ctx116-4", "ctx98-10", "ctx160-6", "ctx108-10", "ctx23-0"];
 
 // ---------------------------------------------------------------- WikiText
 
@@ -361,8 +442,14 @@ fn wikitext_splits_match_python_re() {
                 let ex = by_id[id.as_str()];
                 assert_eq!(ex.input.chars().count() as u64, prefix_end, "{id}");
                 let reference = ex.teacher_forced.as_deref().unwrap();
-                assert_eq!(reference.chars().count() as u64, reference_end - prefix_end, "{id}");
-                assert!(ex.input.starts_with(&format!(" = {} = \n", a[0].as_str().unwrap())));
+                assert_eq!(
+                    reference.chars().count() as u64,
+                    reference_end - prefix_end,
+                    "{id}"
+                );
+                assert!(ex
+                    .input
+                    .starts_with(&format!(" = {} = \n", a[0].as_str().unwrap())));
                 assert_eq!(ex.references, [reference.to_string()]);
                 assert_eq!(ex.max_new_tokens, reference.split_whitespace().count());
                 assert_eq!(ex.metric, Metric::BitsPerChar);
@@ -374,8 +461,13 @@ fn wikitext_splits_match_python_re() {
     assert_eq!(task.summary.built, 49);
     assert_eq!(ids(&task.examples, 5), WIKITEXT_FIRST_IDS);
 }
-const WIKITEXT_FIRST_IDS: [&str; 5] =
-    ["25:Battle of Dürenstein", "16:Clayton Kershaw", "40:Manila", "35:Brad Stevens", "8:Ironclad warship"];
+const WIKITEXT_FIRST_IDS: [&str; 5] = [
+    "25:Battle of Dürenstein",
+    "16:Clayton Kershaw",
+    "40:Manila",
+    "35:Brad Stevens",
+    "8:Ironclad warship",
+];
 
 #[test]
 fn tasks_are_reproducible_and_seed_dependent() {

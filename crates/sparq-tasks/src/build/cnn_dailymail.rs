@@ -116,19 +116,41 @@ mod tests {
         let words = |n: usize| vec!["word"; n].join(" ");
         let article = "x".repeat(4000);
         let recs = vec![
-            Record { idx: "0".into(), article: article.clone(), highlights: words(10) },
-            Record { idx: "1".into(), article: "short".into(), highlights: words(3) },
-            Record { idx: "2".into(), article: "y".repeat(8000), highlights: words(200) },
-            Record { idx: "3".into(), article: "z".repeat(8001), highlights: words(3) },
+            Record {
+                idx: "0".into(),
+                article: article.clone(),
+                highlights: words(10),
+            },
+            Record {
+                idx: "1".into(),
+                article: "short".into(),
+                highlights: words(3),
+            },
+            Record {
+                idx: "2".into(),
+                article: "y".repeat(8000),
+                highlights: words(200),
+            },
+            Record {
+                idx: "3".into(),
+                article: "z".repeat(8001),
+                highlights: words(3),
+            },
         ];
         let (ex, summary) = build(&decl, &recs, 1, None, &Words).unwrap();
         assert_eq!(summary.built, 2);
-        assert_eq!(summary.skipped["article not within 4000-8000 characters"], 2);
+        assert_eq!(
+            summary.skipped["article not within 4000-8000 characters"],
+            2
+        );
         let e0 = ex.iter().find(|e| e.id == "0").unwrap();
         assert_eq!(e0.input, format!("Article: {article}\nSummary:"));
         assert_eq!((e0.max_new_tokens, e0.cut_output_to_tokens), (10, Some(10)));
         let e2 = ex.iter().find(|e| e.id == "2").unwrap();
         // min(128, 200) tokens generated; the output is cut to 200 (a no-op).
-        assert_eq!((e2.max_new_tokens, e2.cut_output_to_tokens), (128, Some(200)));
+        assert_eq!(
+            (e2.max_new_tokens, e2.cut_output_to_tokens),
+            (128, Some(200))
+        );
     }
 }

@@ -127,8 +127,7 @@ mod tests {
             .unwrap();
         // 1,000 numbered words of 6 characters ("w0000 "), then a newline: exactly one
         // context of 6,000 characters, ending before that newline.
-        let text: String = (0..1000).map(|i| format!("w{i:04} ")).collect::<String>()
-            + "\nTHE END";
+        let text: String = (0..1000).map(|i| format!("w{i:04} ")).collect::<String>() + "\nTHE END";
         let (ex, summary) = build(&decl, &text, 3, None, &Words).unwrap();
         assert_eq!(summary.skipped_total(), 0);
         assert!(summary.built > 10);

@@ -124,7 +124,10 @@ pub(crate) fn build(
         .map(|r| {
             render(
                 &s.paragraph,
-                &[("title", &display_title(&r.title)), ("paragraph", &r.context)],
+                &[
+                    ("title", &display_title(&r.title)),
+                    ("paragraph", &r.context),
+                ],
                 file,
             )
         })
@@ -258,9 +261,27 @@ mod tests {
 
     fn fixture() -> Vec<Record> {
         vec![
-            rec("q1", "Blue_Whale", "Blue whales are huge.", "What is huge?", &["Blue whales", "whales"]),
-            rec("q2", "Blue_Whale", "Blue whales are huge.", "Are they small?", &["no"]),
-            rec("q3", "Moon", "The Moon orbits Earth.", "What does the Moon orbit?", &["Earth", "the Earth", "Earth"]),
+            rec(
+                "q1",
+                "Blue_Whale",
+                "Blue whales are huge.",
+                "What is huge?",
+                &["Blue whales", "whales"],
+            ),
+            rec(
+                "q2",
+                "Blue_Whale",
+                "Blue whales are huge.",
+                "Are they small?",
+                &["no"],
+            ),
+            rec(
+                "q3",
+                "Moon",
+                "The Moon orbits Earth.",
+                "What does the Moon orbit?",
+                &["Earth", "the Earth", "Earth"],
+            ),
             rec("q4", "Tea", "Tea is a drink.", "What is tea?", &[]),
         ]
     }
@@ -278,7 +299,13 @@ mod tests {
             "\nFrom what you've just read about Blue Whale, please answer the following questions.\
              \nQuestion: Are they small?\nAnswer: no\nQuestion: What is huge?\nAnswer:"
         ), "{}", q1.input);
-        let paragraphs: Vec<&str> = q1.input.split("\nFrom what").next().unwrap().split('\n').collect();
+        let paragraphs: Vec<&str> = q1
+            .input
+            .split("\nFrom what")
+            .next()
+            .unwrap()
+            .split('\n')
+            .collect();
         assert_eq!(paragraphs.len(), 8);
         assert!(paragraphs.contains(&"Title: Blue Whale. Background: Blue whales are huge."));
         // min(30, 5 + 2 words).

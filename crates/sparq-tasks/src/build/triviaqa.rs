@@ -87,7 +87,12 @@ pub(crate) fn build(
                 "no Wikipedia evidence document of {lo}-{hi} characters"
             ));
         }
-        let references: Vec<String> = r.aliases.iter().filter(|a| !a.is_empty()).cloned().collect();
+        let references: Vec<String> = r
+            .aliases
+            .iter()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect();
         if references.is_empty() {
             return Err("question has no answer alias".to_string());
         }
@@ -155,9 +160,18 @@ mod tests {
         assert_eq!(ids, ["tqa_1", "tqa_3", "tqa_3#2"]);
         let e1 = examples.iter().find(|e| e.id == "tqa_1").unwrap();
         // The only document in range is the 4,000-character one.
-        assert!(e1.input.starts_with("Paris is the capital"), "{}", &e1.input[..40]);
-        assert_eq!(e1.input.chars().count(), 4000 + "\nQuestion: What is the capital of France?\nAnswer:".len());
-        assert!(e1.input.ends_with("\nQuestion: What is the capital of France?\nAnswer:"));
+        assert!(
+            e1.input.starts_with("Paris is the capital"),
+            "{}",
+            &e1.input[..40]
+        );
+        assert_eq!(
+            e1.input.chars().count(),
+            4000 + "\nQuestion: What is the capital of France?\nAnswer:".len()
+        );
+        assert!(e1
+            .input
+            .ends_with("\nQuestion: What is the capital of France?\nAnswer:"));
         assert_eq!(e1.references, ["Paris", "Paris, France", "City of Light"]);
         // min(30, 5 + 3 words of "City of Light").
         assert_eq!(e1.max_new_tokens, 8);
@@ -225,6 +239,9 @@ mod tests {
         )
         .unwrap();
         let err = records(&Raw::Local(path)).unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("answer.aliases"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("answer.aliases"),
+            "{err}"
+        );
     }
 }

@@ -107,11 +107,16 @@ mod tests {
         // 6000, then the first whitespace at least 400 characters further on.
         let chars: Vec<char> = article.chars().collect();
         let split = (6000..).find(|&i| chars[i] == ' ').unwrap();
-        let end = (split + 400..).find(|&i| chars[i] == ' ' || chars[i] == '\n').unwrap();
+        let end = (split + 400..)
+            .find(|&i| chars[i] == ' ' || chars[i] == '\n')
+            .unwrap();
         assert_eq!(e.input, article[..split]);
         assert_eq!(e.teacher_forced.as_deref(), Some(&article[split..end]));
         assert_eq!(e.references, [article[split..end].to_string()]);
-        assert_eq!(e.max_new_tokens, article[split..end].split_whitespace().count());
+        assert_eq!(
+            e.max_new_tokens,
+            article[split..end].split_whitespace().count()
+        );
         assert_eq!(e.metric, crate::Metric::BitsPerChar);
     }
 
@@ -143,6 +148,9 @@ mod tests {
                 fields: json!({ "text": t }).as_object().unwrap().clone(),
             })
             .collect();
-        assert_eq!(raw_text(&Raw::Hub(rows)).unwrap(), " \n = T = \n \n Body .\n");
+        assert_eq!(
+            raw_text(&Raw::Hub(rows)).unwrap(),
+            " \n = T = \n \n Body .\n"
+        );
     }
 }

@@ -132,7 +132,10 @@ mod tests {
 
     #[test]
     fn prefix_match_normalisation() {
-        assert_eq!(normalise_answer("  \"The Denver Broncos.\" "), "denver broncos");
+        assert_eq!(
+            normalise_answer("  \"The Denver Broncos.\" "),
+            "denver broncos"
+        );
         assert_eq!(normalise_answer("an apple"), "apple");
         assert_eq!(normalise_answer("a"), "a");
         assert_eq!(normalise_answer("the"), "the");
@@ -141,7 +144,10 @@ mod tests {
         assert_eq!(normalise_answer("the a team"), "a team");
         // The article needs its space.
         assert_eq!(normalise_answer("theory"), "theory");
-        assert_eq!(prefix_match(" Denver Broncos won", &refs(&["Denver Broncos"])), 1.0);
+        assert_eq!(
+            prefix_match(" Denver Broncos won", &refs(&["Denver Broncos"])),
+            1.0
+        );
         assert_eq!(prefix_match("the Broncos", &refs(&["Denver Broncos"])), 0.0);
         assert_eq!(prefix_match("1978.", &refs(&["1979", "1978"])), 1.0);
         // An answer that normalises to nothing never matches.

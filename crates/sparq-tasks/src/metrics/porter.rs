@@ -66,10 +66,7 @@ fn consonants(w: &[u8]) -> Vec<bool> {
 
 /// Porter's measure m: the number of vowel-run/consonant-run pairs, `[C](VC){m}[V]`.
 fn measure(w: &[u8]) -> usize {
-    consonants(w)
-        .windows(2)
-        .filter(|p| !p[0] && p[1])
-        .count()
+    consonants(w).windows(2).filter(|p| !p[0] && p[1]).count()
 }
 
 fn has_vowel(w: &[u8]) -> bool {

@@ -37,7 +37,11 @@ pub fn rouge_tokens(text: &str) -> Vec<String> {
             }
         })
         // rouge_score drops anything that is no longer `[a-z0-9]+` after stemming.
-        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        .filter(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
         .collect()
 }
 
