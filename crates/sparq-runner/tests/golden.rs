@@ -45,8 +45,22 @@ fn greedy_tokens_and_first_logits_match_transformers() {
     for case in cases {
         let prompt = ids(&case["prompt_tokens"]);
         let want = ids(&case["greedy_tokens"]);
-        let out = generate(&model.model, &prompt, vec![Box::new(Dense)], want.len()).unwrap();
+        // SparQ with a budget covering every position decodes alongside dense and
+        // must reproduce it token for token.
+        let full: sparq_attention::MethodSpec = "sparq:r=64,k=100000".parse().unwrap();
+        let sparq_full = full.build(&model.model.shape(), prompt.len()).unwrap();
+        let out = generate(
+            &model.model,
+            &prompt,
+            vec![Box::new(Dense), sparq_full],
+            want.len(),
+        )
+        .unwrap();
         let got = &out.branches[0].tokens;
+        assert_eq!(
+            &out.branches[1].tokens, got,
+            "full-budget SparQ differs from dense"
+        );
         if *got == want {
             equal += 1;
         } else {
