@@ -6,9 +6,20 @@
 use half::bf16;
 use rayon::prelude::*;
 
-/// Weight rows handed to one rayon task: large enough to amortise scheduling, small
-/// enough to balance two to dozens of threads.
-const ROWS_PER_TASK: usize = 64;
+/// Fewest weight rows handed to one rayon task: enough to amortise scheduling.
+const MIN_ROWS_PER_TASK: usize = 32;
+
+/// Rows per task so that the tasks come in a multiple of the thread count, all of one
+/// size: with a fixed task size, 576 rows in tasks of 64 left one of two threads idle
+/// for a ninth of every small projection.
+fn rows_per_task(n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let mut tasks = threads * 4;
+    while tasks > threads && n.div_ceil(tasks) < MIN_ROWS_PER_TASK {
+        tasks -= threads;
+    }
+    n.div_ceil(tasks).max(1)
+}
 
 /// A weight matrix `[out, in]` (row-major, as in the checkpoints).
 #[derive(Clone, Copy)]
@@ -25,11 +36,12 @@ pub fn linear(x: &[f32], m: usize, w: WeightRows<'_>, n: usize, out: &mut [f32])
     assert_eq!(out.len(), m * n);
     // Work on the output transposed (`n x m`) so that each task owns contiguous rows.
     let mut out_t = vec![0.0f32; n * m];
+    let rows_per_task = rows_per_task(n);
     out_t
-        .par_chunks_mut(ROWS_PER_TASK * m)
+        .par_chunks_mut(rows_per_task * m)
         .enumerate()
         .for_each(|(task, chunk)| {
-            let first = task * ROWS_PER_TASK;
+            let first = task * rows_per_task;
             for (j, dst) in chunk.chunks_mut(m).enumerate() {
                 let o = first + j;
                 match w {
@@ -101,24 +113,48 @@ fn dot_rows_add(w: &[f32], x: &[f32], stride: usize, dst: &mut [f32]) {
     }
 }
 
+/// `dst[b] += w . x[b]` for a block of `M` branches. Each branch keeps `U` sets of
+/// `LANES` partial sums, so that one or two branches still have four or two independent
+/// chains of fused multiply-adds in flight instead of waiting on one chain's latency.
 #[inline(always)]
 fn dot_block<const M: usize>(w: &[f32], x: &[f32], stride: usize, dst: &mut [f32]) {
+    match M {
+        1 => dot_block_unrolled::<M, 4>(w, x, stride, dst),
+        2 => dot_block_unrolled::<M, 2>(w, x, stride, dst),
+        _ => dot_block_unrolled::<M, 1>(w, x, stride, dst),
+    }
+}
+
+#[inline(always)]
+fn dot_block_unrolled<const M: usize, const U: usize>(
+    w: &[f32],
+    x: &[f32],
+    stride: usize,
+    dst: &mut [f32],
+) {
     let n = w.len();
-    let mut acc = [[0.0f32; LANES]; M];
-    let full = n / LANES * LANES;
+    let mut acc = [[[0.0f32; LANES]; U]; M];
+    let step = LANES * U;
+    let full = n / step * step;
     let mut i = 0;
     while i < full {
-        let wl = &w[i..i + LANES];
-        for (b, a) in acc.iter_mut().enumerate() {
-            let xl = &x[b * stride + i..b * stride + i + LANES];
-            for l in 0..LANES {
-                a[l] = wl[l].mul_add(xl[l], a[l]);
+        for u in 0..U {
+            let at = i + u * LANES;
+            let wl = &w[at..at + LANES];
+            for (b, a) in acc.iter_mut().enumerate() {
+                let xl = &x[b * stride + at..b * stride + at + LANES];
+                for l in 0..LANES {
+                    a[u][l] = wl[l].mul_add(xl[l], a[u][l]);
+                }
             }
         }
-        i += LANES;
+        i += step;
     }
     for (b, a) in acc.iter().enumerate() {
-        let mut s: f32 = a.iter().sum();
+        let mut s = 0.0f32;
+        for part in a {
+            s += part.iter().sum::<f32>();
+        }
         for j in full..n {
             s += w[j] * x[b * stride + j];
         }
