@@ -164,6 +164,9 @@ fn print_summary(dir: &std::path::Path, s: &RunSummary) {
     for u in &s.unbuildable {
         eprintln!("  examples not built: {u}");
     }
+    for w in &s.warnings {
+        eprintln!("  warning: {w}");
+    }
     let report = dir.join(sparq_report::REPORT_FILE);
     if let Ok(text) = std::fs::read_to_string(&report) {
         println!("{text}");

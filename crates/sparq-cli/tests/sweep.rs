@@ -153,10 +153,24 @@ fn killed_sweep_resumes_to_the_clean_result() {
         std::fs::read_to_string(clean.join("results.csv")).unwrap()
     );
 
-    // A finished directory resumes to no new work.
+    // A finished directory resumes to no new work. A torn final line (what a kill
+    // in the middle of a write leaves) is cut off and reported with its line number.
+    let samples = clean.join("samples.jsonl");
+    let mut torn = std::fs::read_to_string(&samples).unwrap();
+    torn.push_str(&clean_rows[0][..clean_rows[0].len() / 2]);
+    std::fs::write(&samples, torn).unwrap();
     let (ok, err) = run(&sweep_args(&tasks, &clean));
     assert!(ok, "{err}");
     assert!(err.contains("0 cells written"), "{err}");
+    let torn_line = clean_rows.len() + 1;
+    assert!(
+        err.contains(&format!(
+            "warning: {}: line {torn_line}: ignored a torn final line",
+            samples.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(sorted_lines(&samples), clean_rows, "the torn line is gone");
 
     // Another grid on the same directory is refused, before any model work.
     let mut other = sweep_args(&tasks, &clean);

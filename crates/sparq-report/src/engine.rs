@@ -64,6 +64,9 @@ pub struct RunSummary {
     pub unbuildable: Vec<String>,
     /// Inputs cut from the left to fit the model.
     pub truncated_inputs: usize,
+    /// Problems found in the existing `samples.jsonl` that did not stop the run (a
+    /// torn final line left by a kill, a duplicated record), each naming its line.
+    pub warnings: Vec<String>,
     pub elapsed: Duration,
 }
 
@@ -146,7 +149,12 @@ pub fn run_grid(
         grid.manifest()
     };
     manifest.write(&run_file)?;
-    let (mut appender, _) = SampleAppender::open(&samples_path)?;
+    let (mut appender, existing) = SampleAppender::open(&samples_path)?;
+    let warnings: Vec<String> = existing
+        .warnings
+        .iter()
+        .map(|w| format!("{}: {w}", samples_path.display()))
+        .collect();
 
     let bars = MultiProgress::with_draw_target(if options.progress {
         ProgressDrawTarget::stderr()
@@ -169,7 +177,10 @@ pub fn run_grid(
             .progress_chars("=> "),
     );
 
-    let mut summary = RunSummary::default();
+    let mut summary = RunSummary {
+        warnings,
+        ..RunSummary::default()
+    };
     for model_name in &grid.models {
         let source = ModelSource::parse(model_name).map_err(|source| EngineError::Model {
             model: model_name.clone(),

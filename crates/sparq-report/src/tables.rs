@@ -63,6 +63,10 @@ fn bytes(b: u64) -> String {
     }
 }
 
+fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 fn opt<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
     v.map_or_else(|| "—".to_string(), f)
 }
@@ -111,11 +115,11 @@ pub fn render_report(results: &[SettingResult], samples: &SampleSet) -> String {
     let _ = writeln!(out, "# Accuracy versus data transfer\n");
     let _ = writeln!(
         out,
-        "Rebuilt from `{SAMPLES_FILE}`: {} samples ({failed} failed), {} settings, {} tasks, {} models.\n",
-        samples.records.len(),
-        results.len(),
-        tasks.len(),
-        models.len()
+        "Rebuilt from `{SAMPLES_FILE}`: {} ({failed} failed), {}, {}, {}.\n",
+        count(samples.records.len(), "sample"),
+        count(results.len(), "setting"),
+        count(tasks.len(), "task"),
+        count(models.len(), "model"),
     );
     out.push_str(LEGEND);
 
@@ -168,17 +172,16 @@ fn group_keys(results: &[SettingResult]) -> Vec<(&str, &str)> {
 
 fn summary(out: &mut String, results: &[SettingResult], models: &BTreeSet<&str>) {
     let _ = writeln!(out, "\n## Summary\n");
-    let targets: Vec<String> = SUMMARY_TARGETS.iter().map(|&t| one_over(t)).collect();
+    let targets: Vec<String> = SUMMARY_TARGETS
+        .iter()
+        .map(|&t| format!("1/{}", 1.0 / t))
+        .collect();
     let _ = writeln!(
         out,
-        "As the paper's Table 2: dense's score, and for every other method the score of its \
-setting closest to compression {} (within a factor of sqrt(2), else —), with the ratio \
-that setting has in brackets.",
-        targets
-            .iter()
-            .map(|t| format!("~{t}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        "As the paper's Table 2: dense's score, and for every other method the scores of its \
+settings closest to compression {} (each within a factor of sqrt(2) of its target, else —), \
+with the ratio each setting has in brackets.",
+        targets.join("; ")
     );
     for &model in models {
         let rows: Vec<&SettingResult> = results.iter().filter(|r| r.model == model).collect();

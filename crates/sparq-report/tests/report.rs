@@ -113,3 +113,19 @@ fn missing_samples_and_unwritable_outputs_are_errors() {
     // The tables are written before the charts.
     assert!(dir.path().join(REPORT_FILE).is_file());
 }
+
+#[test]
+fn an_empty_log_gives_empty_tables_and_no_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(SAMPLES_FILE), "").unwrap();
+    let summary = rebuild_report(dir.path()).unwrap();
+    assert_eq!(
+        (summary.samples, summary.settings, summary.written.len()),
+        (0, 0, 2)
+    );
+    let csv = fs::read_to_string(dir.path().join(RESULTS_FILE)).unwrap();
+    assert_eq!(csv.lines().count(), 1, "{csv}");
+    assert!(csv.starts_with("model,task,method,params,n,score_mean,score_stderr,mean_prompt_tokens,compression_ratio,kv_bytes_per_step,"));
+    let md = fs::read_to_string(dir.path().join(REPORT_FILE)).unwrap();
+    assert!(md.contains("No samples yet."), "{md}");
+}

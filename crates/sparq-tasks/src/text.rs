@@ -61,16 +61,13 @@ pub(crate) fn split_prompt_reference(
     let n = chars.len();
     let mut out = Vec::new();
     let mut start = 0;
-    loop {
-        // Lazy group 1: the first whitespace at or after `start + P` that leaves room
-        // for the reference. When none exists at `start`, none exists further on
-        // either (the candidates only shrink), so finditer would stop too.
-        let Some(split) = (start + prompt_len..n)
-            .take_while(|&i| i + reference_len <= n)
-            .find(|&i| is_py_space(chars[i]))
-        else {
-            break;
-        };
+    // Lazy group 1: the first whitespace at or after `start + P` that leaves room for
+    // the reference. When none exists at `start`, none exists further on either (the
+    // candidates only shrink), so finditer would stop too.
+    while let Some(split) = (start + prompt_len..n)
+        .take_while(|&i| i + reference_len <= n)
+        .find(|&i| is_py_space(chars[i]))
+    {
         let end = next_boundary(chars, split + reference_len);
         out.push((start..split, split..end));
         start = end;

@@ -42,7 +42,7 @@ fn custom_file_loads_verbatim() {
     assert_eq!(a.metric, Metric::PrefixMatch);
     assert_eq!(a.max_new_tokens, 4);
     assert_eq!(
-        (a.cut_output_to_tokens.clone(), a.teacher_forced.clone()),
+        (a.cut_output_to_tokens, a.teacher_forced.clone()),
         (None, None)
     );
     // Integer ids are accepted as text.

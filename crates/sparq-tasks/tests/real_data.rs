@@ -190,14 +190,23 @@ fn paragraphs_of(input: &str, squad: &Squad) -> Vec<(usize, usize)> {
     let mut rest = input;
     let mut out = Vec::new();
     while !rest.starts_with("From what you've just read about ") {
-        let (&pos, text) = squad
+        // The title names the article; then find which of its paragraphs this is.
+        let title = rest
+            .strip_prefix("Title: ")
+            .and_then(|r| r.split_once(". Background: "))
+            .map(|(t, _)| t)
+            .unwrap_or_else(|| panic!("no paragraph at {:?}", &rest[..80.min(rest.len())]));
+        let article = squad.titles.iter().position(|t| t == title).unwrap();
+        let (pos, text) = squad
             .formatted
             .iter()
-            .filter(|(_, t)| rest.starts_with(&format!("{t}\n")))
+            .filter(|((a, _), t)| {
+                *a == article && rest.starts_with(t.as_str()) && rest[t.len()..].starts_with('\n')
+            })
             // The longest match, in case one paragraph is a prefix of another.
             .max_by_key(|(_, t)| t.len())
-            .unwrap_or_else(|| panic!("no paragraph at {:?}", &rest[..80.min(rest.len())]));
-        out.push(pos);
+            .unwrap_or_else(|| panic!("unknown paragraph at {:?}", &rest[..80.min(rest.len())]));
+        out.push(*pos);
         rest = &rest[text.len() + 1..];
     }
     out
@@ -282,7 +291,7 @@ fn squad_prompts_rebuild_from_the_raw_json() {
             pinned.push((ex.id.clone(), paras, shot));
         }
     }
-    let want: Vec<(String, Vec<(usize, usize)>, String)> = SQUAD_PINNED
+    let want: Vec<_> = SQUAD_PINNED
         .iter()
         .map(|(id, p, s)| (id.to_string(), p.to_vec(), s.to_string()))
         .collect();
@@ -336,7 +345,7 @@ fn cnn_dailymail_examples_are_the_in_range_articles() {
     for ex in &task.examples {
         let (article, highlights) = &expected[&ex.id];
         assert_eq!(ex.input, format!("Article: {article}\nSummary:"));
-        assert_eq!(ex.references, [highlights.clone()]);
+        assert_eq!(&ex.references, std::slice::from_ref(highlights));
         let n = highlights.split_whitespace().count();
         assert_eq!(
             (ex.max_new_tokens, ex.cut_output_to_tokens),
@@ -428,25 +437,31 @@ fn wikitext_splits_match_python_re() {
     let Some(dir) = data_dir() else { return };
     let golden = golden_splits();
     let g = &golden["wikitext"];
-    data_file(&dir, g);
+    let raw = data_file(&dir, g);
+    let chars: Vec<char> = raw.chars().collect();
     let task = load("wikitext", &dir, None);
     let by_id: HashMap<&str, &Example> = task.examples.iter().map(|e| (e.id.as_str(), e)).collect();
     let articles = g["articles"].as_array().unwrap();
     assert_eq!(task.summary.candidates, articles.len());
+    // Articles are consecutive in the file from the first heading on, with the
+    // lengths Python measured; cut them out here without the crate's splitter.
+    let first_heading = format!(" = {} = \n", articles[0][0].as_str().unwrap());
+    let mut start = raw[..raw.find(&first_heading).unwrap()].chars().count();
     let mut long = 0;
     for (i, a) in articles.iter().enumerate() {
         let id = format!("{i}:{}", a[0].as_str().unwrap());
+        let article = &chars[start..start + a[1].as_u64().unwrap() as usize];
+        start += article.len();
+        let text = |r: std::ops::Range<u64>| -> String {
+            article[r.start as usize..r.end as usize].iter().collect()
+        };
         match (a[2].as_u64(), a[3].as_u64()) {
             (Some(prefix_end), Some(reference_end)) => {
                 long += 1;
                 let ex = by_id[id.as_str()];
-                assert_eq!(ex.input.chars().count() as u64, prefix_end, "{id}");
+                assert_eq!(ex.input, text(0..prefix_end), "{id}");
                 let reference = ex.teacher_forced.as_deref().unwrap();
-                assert_eq!(
-                    reference.chars().count() as u64,
-                    reference_end - prefix_end,
-                    "{id}"
-                );
+                assert_eq!(reference, text(prefix_end..reference_end), "{id}");
                 assert!(ex
                     .input
                     .starts_with(&format!(" = {} = \n", a[0].as_str().unwrap())));
@@ -457,6 +472,11 @@ fn wikitext_splits_match_python_re() {
             _ => assert!(!by_id.contains_key(id.as_str()), "{id}"),
         }
     }
+    assert_eq!(
+        start,
+        chars.len(),
+        "the articles cover the rest of the file"
+    );
     assert_eq!(long, 49);
     assert_eq!(task.summary.built, 49);
     assert_eq!(ids(&task.examples, 5), WIKITEXT_FIRST_IDS);

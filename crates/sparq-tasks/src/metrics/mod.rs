@@ -68,34 +68,6 @@ pub fn bits_per_char(nll_nats: f64, reference: &str) -> f64 {
     nll_nats * std::f64::consts::LOG2_E / reference.chars().count() as f64
 }
 
-/// A mean with its standard error.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct MeanStderr {
-    /// Number of values.
-    pub n: usize,
-    /// Arithmetic mean.
-    pub mean: f64,
-    /// `sqrt(variance / n)` with the **sample** variance (divisor `n - 1`, polars'
-    /// default `ddof = 1`), so it is the usual estimate of the mean's standard error;
-    /// `None` when `n < 2`, where that variance is undefined.
-    pub stderr: Option<f64>,
-}
-
-/// Mean and standard error `sqrt(variance / N)` (SPEC section 5), with the sample
-/// variance; `None` for no values.
-pub fn mean_stderr(values: &[f64]) -> Option<MeanStderr> {
-    let n = values.len();
-    if n == 0 {
-        return None;
-    }
-    let mean = values.iter().sum::<f64>() / n as f64;
-    let stderr = (n >= 2).then(|| {
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-        (var / n as f64).sqrt()
-    });
-    Some(MeanStderr { n, mean, stderr })
-}
-
 /// One line of a `sparq metric --pairs FILE` file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pair {
@@ -167,16 +139,5 @@ mod tests {
     fn bits_per_char_uses_characters_not_bytes() {
         let nll = 4.0 * std::f64::consts::LN_2; // 4 bits
         assert_eq!(bits_per_char(nll, "éé"), 2.0);
-    }
-
-    #[test]
-    fn mean_stderr_uses_the_sample_variance() {
-        assert_eq!(mean_stderr(&[]), None);
-        let one = mean_stderr(&[3.0]).unwrap();
-        assert_eq!((one.mean, one.stderr), (3.0, None));
-        let s = mean_stderr(&[1.0, 2.0, 3.0, 4.0]).unwrap();
-        assert_eq!(s.mean, 2.5);
-        // Sample variance 5/3; stderr sqrt(5/3 / 4).
-        assert!((s.stderr.unwrap() - (5.0f64 / 12.0).sqrt()).abs() < 1e-15);
     }
 }
