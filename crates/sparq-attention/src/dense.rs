@@ -1,6 +1,6 @@
 //! Dense attention: the reference every method is measured against.
 
-use crate::cache::KvView;
+use crate::cache::{HeadKv, KvView};
 use crate::kernels::{self, multiversion, with_scratch, Scratch};
 use crate::method::{AttentionMethod, HeadState, Trace};
 use crate::transfer::Budget;
@@ -12,6 +12,10 @@ pub struct Dense;
 impl AttentionMethod for Dense {
     fn describe(&self) -> String {
         "dense".to_string()
+    }
+
+    fn is_dense(&self) -> bool {
+        true
     }
 
     fn attend_traced(
@@ -26,6 +30,57 @@ impl AttentionMethod for Dense {
         with_scratch(|sc| compute(q, kv, out, sc));
         Trace::record(trace, 0..kv.len(), &[]);
         Budget::Dense.elements(kv.len(), kv.head_dim())
+    }
+}
+
+/// Dense attention for several branches at once that share `prompt` and have
+/// generated the same number of positions: `queries[b]` (`g x d`) attends over `prompt`
+/// followed by `generated[b]`, into `outs[b]`. The prompt's keys and values are read
+/// once for all branches instead of once per branch, which is what makes decoding many
+/// dense branches together cheaper than one by one; the results are bit-identical to
+/// [`Dense`]'s `attend` per branch. Returns the elements each branch moved (SPEC
+/// section 4 counts every branch's full read, as if it ran alone).
+pub fn attend_shared_prompt(
+    queries: &[&[f32]],
+    prompt: &HeadKv,
+    generated: &[&HeadKv],
+    outs: &mut [&mut [f32]],
+) -> u64 {
+    assert_eq!(
+        queries.len(),
+        generated.len(),
+        "one generated cache per branch"
+    );
+    assert_eq!(queries.len(), outs.len(), "one output per branch");
+    let Some(first) = generated.first() else {
+        return 0;
+    };
+    for ((q, gen), out) in queries.iter().zip(generated).zip(outs.iter_mut()) {
+        assert_eq!(
+            gen.len(),
+            first.len(),
+            "branches sharing a prompt pass have generated the same number of positions"
+        );
+        assert_eq!(
+            q.len(),
+            queries[0].len(),
+            "every branch has the same group size"
+        );
+        check_shapes(q, &KvView::new(prompt, gen), out);
+    }
+    with_scratch(|sc| compute_shared(queries, prompt, generated, outs, sc));
+    Budget::Dense.elements(prompt.len() + first.len(), prompt.head_dim())
+}
+
+multiversion! {
+    fn compute_shared(
+        queries: &[&[f32]],
+        prompt: &HeadKv,
+        generated: &[&HeadKv],
+        outs: &mut [&mut [f32]],
+        sc: &mut Scratch,
+    ) {
+        kernels::dense_shared_prompt(queries, prompt, generated, outs, sc)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cache::KvView;
+use crate::cache::{HeadKv, KvView};
 
 /// Compiles a function twice, for the baseline target and with AVX2, and runs the AVX2
 /// build when the CPU has it. The kernels are plain loops left to the auto-vectoriser,
@@ -424,6 +424,90 @@ pub(crate) fn dense(q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratc
     for (h, o) in out.chunks_exact_mut(d).enumerate() {
         for x in o.iter_mut() {
             *x *= inv[h];
+        }
+    }
+}
+
+/// Dense attention of several branches' head groups over one shared prompt cache and
+/// each branch's own generated positions (all of one length). The prompt's keys and
+/// values are read once for every branch's heads, as if the branches were one larger
+/// group; each head's arithmetic is exactly that of [`dense`] (same dot products, same
+/// row-wise max and sum order, same accumulation order), so the outputs are
+/// bit-identical to calling [`dense`] per branch.
+#[inline(always)]
+pub(crate) fn dense_shared_prompt(
+    queries: &[&[f32]],
+    prompt: &HeadKv,
+    generated: &[&HeadKv],
+    outs: &mut [&mut [f32]],
+    sc: &mut Scratch,
+) {
+    let d = prompt.head_dim();
+    let sp = prompt.len();
+    let sg = generated.first().map_or(0, |g| g.len());
+    let s = sp + sg;
+    let g = queries.first().map_or(0, |q| q.len() / d);
+    let heads = g * queries.len();
+    // All branches' scaled queries, heads contiguous: one group of `heads`.
+    let scale = 1.0 / (d as f32).sqrt();
+    sc.qs.clear();
+    for q in queries {
+        sc.qs.extend(q.iter().map(|x| x * scale));
+    }
+    let qs = &sc.qs[..];
+    let logits = slots(&mut sc.logits, heads * s);
+    let keys = prompt.keys();
+    group_logits(qs, d, sp, |j| &keys[j * d..(j + 1) * d], |_| {}, logits, s);
+    for (b, gen) in generated.iter().enumerate() {
+        let gk = gen.keys();
+        group_logits(
+            &qs[b * g * d..(b + 1) * g * d],
+            d,
+            sg,
+            |j| &gk[j * d..(j + 1) * d],
+            |_| {},
+            &mut logits[b * g * s + sp..],
+            s,
+        );
+    }
+    let inv = slots(&mut sc.rank, heads);
+    for (h, row) in logits.chunks_exact_mut(s).enumerate() {
+        let m = max(row);
+        inv[h] = 1.0 / exp_in_place(row, m);
+    }
+    let acc = slots(&mut sc.weights, heads * d);
+    acc.fill(0.0);
+    let values = prompt.values();
+    group_accumulate(
+        logits,
+        s,
+        d,
+        sp,
+        |j| &values[j * d..(j + 1) * d],
+        |_| {},
+        acc,
+    );
+    for (b, (gen, out)) in generated.iter().zip(outs.iter_mut()).enumerate() {
+        let gv = gen.values();
+        let out_b = &mut acc[b * g * d..(b + 1) * g * d];
+        group_accumulate(
+            &logits[b * g * s + sp..],
+            s,
+            d,
+            sg,
+            |j| &gv[j * d..(j + 1) * d],
+            |_| {},
+            out_b,
+        );
+        for (h, (o, a)) in out
+            .chunks_exact_mut(d)
+            .zip(out_b.chunks_exact(d))
+            .enumerate()
+        {
+            let inv_h = inv[b * g + h];
+            for (y, x) in o.iter_mut().zip(a) {
+                *y = x * inv_h;
+            }
         }
     }
 }

@@ -37,6 +37,13 @@ pub trait AttentionMethod: Send + Sync + std::fmt::Debug {
     /// The canonical spec string, e.g. `sparq:r=16,k=128,l=32,realloc=false`.
     fn describe(&self) -> String;
 
+    /// Whether this is plain dense attention, which the runner may compute for several
+    /// branches in one pass over the shared prompt cache
+    /// ([`crate::dense::attend_shared_prompt`]).
+    fn is_dense(&self) -> bool {
+        false
+    }
+
     /// Whether `init_state` needs the prompt's attention mass (H2O).
     fn needs_prompt_mass(&self) -> bool {
         false

@@ -715,3 +715,63 @@ proptest! {
         prop_assert_eq!(&r.traces[0].selected, &sel);
     }
 }
+
+/// A small deterministic generator for the shared-prompt test's data.
+fn lcg_values(seed: &mut u64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// Several dense branches sharing one prompt pass give, bit for bit, what each
+    /// gives alone, whatever the shapes (the runner relies on this to batch them).
+    #[test]
+    fn dense_branches_sharing_the_prompt_pass_equal_dense_alone(
+        prompt in 0usize..60,
+        generated in 1usize..6,
+        d in 1usize..20,
+        g in 1usize..5,
+        branches in 1usize..6,
+        seed in any::<u64>(),
+    ) {
+        let mut seed = seed;
+        let prompt_kv = HeadKv::from_rows(
+            d,
+            &lcg_values(&mut seed, prompt * d),
+            &lcg_values(&mut seed, prompt * d),
+        );
+        let gens: Vec<HeadKv> = (0..branches)
+            .map(|_| {
+                HeadKv::from_rows(
+                    d,
+                    &lcg_values(&mut seed, generated * d),
+                    &lcg_values(&mut seed, generated * d),
+                )
+            })
+            .collect();
+        let queries: Vec<Vec<f32>> = (0..branches).map(|_| lcg_values(&mut seed, g * d)).collect();
+        let mut shared = vec![vec![0.0f32; g * d]; branches];
+        let moved = {
+            let qs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
+            let gs: Vec<&HeadKv> = gens.iter().collect();
+            let mut outs: Vec<&mut [f32]> = shared.iter_mut().map(|o| o.as_mut_slice()).collect();
+            sparq_attention::dense::attend_shared_prompt(&qs, &prompt_kv, &gs, &mut outs)
+        };
+        for b in 0..branches {
+            let mut alone = vec![0.0f32; g * d];
+            let view = KvView::new(&prompt_kv, &gens[b]);
+            let want = sparq_attention::Dense.attend(&mut HeadState::default(), &queries[b], &view, &mut alone);
+            prop_assert_eq!(moved, want);
+            let same = alone.iter().zip(&shared[b]).all(|(a, s)| a.to_bits() == s.to_bits());
+            prop_assert!(same, "branch {}: {:?} vs {:?}", b, alone, shared[b]);
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
-use sparq_attention::{AttentionMethod, HeadKv, HeadState, KvView, ModelShape};
+use sparq_attention::{AttentionMethod, HeadKv, HeadState, ModelShape};
 
 use crate::config::LlamaConfig;
 use crate::error::{Result, RunnerError};
@@ -131,8 +131,8 @@ impl PromptCache {
 pub struct Branch {
     pub method: Box<dyn AttentionMethod>,
     /// `layer * kv_heads + kv_head`.
-    generated: Vec<HeadKv>,
-    states: Vec<HeadState>,
+    pub(crate) generated: Vec<HeadKv>,
+    pub(crate) states: Vec<HeadState>,
     /// Elements moved, summed over steps, layers and KV heads.
     pub elements_moved: u64,
     /// Decode steps taken.
@@ -347,7 +347,6 @@ impl Llama {
             c.num_key_value_heads,
             c.head_dim,
         );
-        let g = nh / nkv;
         for (b, &t) in inputs.iter().enumerate() {
             if t as usize >= c.vocab_size {
                 return Err(RunnerError::Invalid(format!(
@@ -393,40 +392,17 @@ impl Llama {
                 }
             }
             // 3. attention through each branch's method, all (branch, KV head) pairs
-            //    in parallel
+            //    in parallel (dense branches share one pass over the prompt)
             let mut attn = vec![0.0f32; m * nh * d];
-            let mut jobs = Vec::with_capacity(m * nkv);
-            for ((branch, out), row) in branches
-                .iter_mut()
-                .zip(attn.chunks_mut(nh * d))
-                .zip(qkv.chunks(qkv_dim))
-            {
-                let method: &dyn AttentionMethod = branch.method.as_ref();
-                let states = &mut branch.states[l * nkv..(l + 1) * nkv];
-                let generated = &branch.generated[l * nkv..(l + 1) * nkv];
-                for (kvh, ((state, gen), out_g)) in states
-                    .iter_mut()
-                    .zip(generated)
-                    .zip(out.chunks_mut(g * d))
-                    .enumerate()
-                {
-                    let q = &row[kvh * g * d..(kvh + 1) * g * d];
-                    jobs.push((
-                        method,
-                        state,
-                        KvView::new(&prompt.kv[l][kvh], gen),
-                        q,
-                        out_g,
-                    ));
-                }
-            }
-            let moved: Vec<u64> = jobs
-                .into_par_iter()
-                .map(|(method, state, view, q, out)| method.attend(state, q, &view, out))
-                .collect();
-            for (b, chunk) in moved.chunks(nkv).enumerate() {
-                branches[b].elements_moved += chunk.iter().sum::<u64>();
-            }
+            crate::attend::attend_layer(
+                branches,
+                &prompt.kv[l],
+                l,
+                &qkv,
+                qkv_dim,
+                (nh, nkv, d),
+                &mut attn,
+            );
             let o = layer.o.forward_rows(&attn, m);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // 4. MLP block

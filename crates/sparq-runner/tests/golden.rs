@@ -105,3 +105,34 @@ fn greedy_tokens_and_first_logits_match_transformers() {
         cases.len()
     );
 }
+
+/// Dense branches decoded together (sharing one pass over the prompt cache, with a
+/// SparQ branch in between) each give exactly what one dense branch gives alone.
+#[test]
+fn dense_branches_decoded_together_equal_dense_alone() {
+    let model = common::default_model();
+    let g = goldens();
+    for case in g["cases"].as_array().unwrap().iter().take(3) {
+        let prompt = ids(&case["prompt_tokens"]);
+        let alone = generate(&model.model, &prompt, vec![Box::new(Dense)], 12).unwrap();
+        let sparq: sparq_attention::MethodSpec = "sparq:ratio=1/8".parse().unwrap();
+        let methods: Vec<Box<dyn sparq_attention::AttentionMethod>> = vec![
+            Box::new(Dense),
+            sparq.build(&model.model.shape(), prompt.len()).unwrap(),
+            Box::new(Dense),
+            Box::new(Dense),
+        ];
+        let together = generate(&model.model, &prompt, methods, 12).unwrap();
+        for b in [0, 2, 3] {
+            assert_eq!(
+                together.branches[b].tokens, alone.branches[0].tokens,
+                "branch {b}"
+            );
+            assert_eq!(
+                together.branches[b].elements_per_step,
+                alone.branches[0].elements_per_step
+            );
+        }
+        assert!(together.branches[1].method.starts_with("sparq:r=8,"));
+    }
+}

@@ -1,0 +1,140 @@
+//! One layer's decode-step attention for every branch, in parallel.
+//!
+//! Each (branch, KV head) pair goes through its branch's method, except that dense
+//! branches that have generated the same number of positions are computed together,
+//! one pass over the shared prompt cache for all of them
+//! ([`sparq_attention::dense::attend_shared_prompt`], bit-identical to one by one).
+//! Eight dense branches would otherwise read the prompt's keys and values eight times
+//! per step, more bytes than the weights themselves at a 1,600-token prompt.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+use sparq_attention::{AttentionMethod, HeadKv, HeadState, KvView};
+
+use crate::llama::Branch;
+
+/// The queries, caches and outputs of one KV head of one branch.
+struct Head<'a> {
+    branch: usize,
+    q: &'a [f32],
+    generated: &'a HeadKv,
+    out: &'a mut [f32],
+}
+
+enum Job<'a> {
+    /// One (branch, KV head) through its own method.
+    Single {
+        method: &'a dyn AttentionMethod,
+        state: &'a mut HeadState,
+        prompt: &'a HeadKv,
+        head: Head<'a>,
+    },
+    /// Several dense branches of one KV head, one pass over the prompt.
+    SharedDense {
+        prompt: &'a HeadKv,
+        heads: Vec<Head<'a>>,
+    },
+}
+
+impl Job<'_> {
+    /// Runs the job; returns (branch, elements moved) for each branch it served.
+    fn run(self) -> Vec<(usize, u64)> {
+        match self {
+            Job::Single {
+                method,
+                state,
+                prompt,
+                head,
+            } => {
+                let view = KvView::new(prompt, head.generated);
+                vec![(head.branch, method.attend(state, head.q, &view, head.out))]
+            }
+            Job::SharedDense { prompt, mut heads } => {
+                let queries: Vec<&[f32]> = heads.iter().map(|h| h.q).collect();
+                let generated: Vec<&HeadKv> = heads.iter().map(|h| h.generated).collect();
+                let mut outs: Vec<&mut [f32]> = heads.iter_mut().map(|h| &mut *h.out).collect();
+                let each = sparq_attention::dense::attend_shared_prompt(
+                    &queries, prompt, &generated, &mut outs,
+                );
+                heads.iter().map(|h| (h.branch, each)).collect()
+            }
+        }
+    }
+}
+
+/// Layer `l`'s attention: `qkv` holds each branch's projected row (`qkv_dim` long,
+/// query heads first), `attn` receives each branch's `nh * d` outputs. Adds every
+/// branch's moved elements to its count.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_layer(
+    branches: &mut [Branch],
+    prompt: &[HeadKv],
+    l: usize,
+    qkv: &[f32],
+    qkv_dim: usize,
+    (nh, nkv, d): (usize, usize, usize),
+    attn: &mut [f32],
+) {
+    let g = nh / nkv;
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    // Dense heads waiting to be grouped, by (generated length, KV head).
+    let mut dense: BTreeMap<(usize, usize), Vec<Head<'_>>> = BTreeMap::new();
+    for (b, ((branch, out), row)) in branches
+        .iter_mut()
+        .zip(attn.chunks_mut(nh * d))
+        .zip(qkv.chunks(qkv_dim))
+        .enumerate()
+    {
+        let is_dense = branch.method.is_dense();
+        let Branch {
+            method,
+            generated,
+            states,
+            ..
+        } = branch;
+        let method: &dyn AttentionMethod = &**method;
+        let heads = generated[l * nkv..(l + 1) * nkv]
+            .iter()
+            .zip(states[l * nkv..(l + 1) * nkv].iter_mut())
+            .zip(out.chunks_mut(g * d))
+            .enumerate();
+        for (kvh, ((gen, state), out_g)) in heads {
+            let head = Head {
+                branch: b,
+                q: &row[kvh * g * d..(kvh + 1) * g * d],
+                generated: gen,
+                out: out_g,
+            };
+            if is_dense {
+                dense.entry((gen.len(), kvh)).or_default().push(head);
+            } else {
+                jobs.push(Job::Single {
+                    method,
+                    state,
+                    prompt: &prompt[kvh],
+                    head,
+                });
+            }
+        }
+    }
+    // Split each dense group in as many pieces as keep every thread busy: a few KV
+    // heads alone would leave threads idle, and each piece rereads the prompt.
+    let threads = rayon::current_num_threads().max(1);
+    let pieces = (2 * threads).div_ceil(nkv).max(1);
+    for ((_, kvh), heads) in dense {
+        let per_piece = heads.len().div_ceil(pieces).max(1);
+        let mut heads = heads.into_iter().peekable();
+        while heads.peek().is_some() {
+            let piece: Vec<Head<'_>> = heads.by_ref().take(per_piece).collect();
+            jobs.push(Job::SharedDense {
+                prompt: &prompt[kvh],
+                heads: piece,
+            });
+        }
+    }
+    let moved: Vec<Vec<(usize, u64)>> = jobs.into_par_iter().map(Job::run).collect();
+    for (b, n) in moved.into_iter().flatten() {
+        branches[b].elements_moved += n;
+    }
+}
