@@ -57,14 +57,55 @@ impl Linear {
         Ok(Self { weight, out_dim })
     }
 
-    /// Many rows at once (prefill): `x` is `[n, in]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = if self.weight.dtype() == DType::F32 {
-            self.weight.clone()
-        } else {
-            self.weight.to_dtype(DType::F32)?
+    /// Many rows at once (prefill): `out (m x out) = x (m x in) . W^T`, or `out +=`
+    /// that product when `accumulate` (the residual connection, added by the matrix
+    /// product itself instead of a separate pass).
+    fn forward_many(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+        let n = self.out_dim;
+        let k = x.len() / m.max(1);
+        assert_eq!(x.len(), m * k);
+        assert_eq!(out.len(), m * n);
+        let (storage, layout) = self.weight.storage_and_layout();
+        let start = layout.start_offset();
+        let widened;
+        let w: &[f32] = match &*storage {
+            Storage::Cpu(candle_core::CpuStorage::F32(v)) => &v[start..start + n * k],
+            Storage::Cpu(candle_core::CpuStorage::BF16(v)) => {
+                widened = v[start..start + n * k]
+                    .iter()
+                    .map(|b| b.to_f32())
+                    .collect::<Vec<f32>>();
+                &widened
+            }
+            _ => unreachable!("weights are f32 or bf16 on the CPU by construction"),
         };
-        Ok(x.matmul(&w.t()?)?)
+        let threads = rayon::current_num_threads().max(1);
+        // SAFETY: `out` is `m x n` row-major, `x` is `m x k` row-major and `w` is
+        // `n x k` row-major, read as its transpose `k x n` (column stride `k`); the
+        // sizes were checked above.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                if accumulate { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            );
+        }
     }
 
     /// A few rows (decode): `x` is `m x in`.
@@ -222,6 +263,35 @@ impl Llama {
 
     /// Dense causal prefill of `tokens`; keeps the KV cache and, when `with_mass`, the
     /// attention mass each position received (H2O's initial scores).
+    /// Splits the projected rows (`s x qkv_dim`, per row the query heads, then the
+    /// key heads, then the value heads) into head-major `q` (`nh x s x d`), `k` and `v`
+    /// (`nkv x s x d`), rotating queries and keys for their positions.
+    fn split_heads(&self, qkv: &[f32], s: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let c = &self.config;
+        let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let qkv_dim = (nh + 2 * nkv) * d;
+        let mut q = vec![0.0f32; nh * s * d];
+        let mut k = vec![0.0f32; nkv * s * d];
+        let mut v = vec![0.0f32; nkv * s * d];
+        // Head `j` of the combined row (queries, keys, values in turn) goes to one
+        // head-major destination; each task fills one head for every position.
+        let dests = q
+            .par_chunks_mut(s * d)
+            .map(|h| (h, true))
+            .chain(k.par_chunks_mut(s * d).map(|h| (h, true)))
+            .chain(v.par_chunks_mut(s * d).map(|h| (h, false)));
+        dests.enumerate().for_each(|(j, (dst, rotate))| {
+            for (p, row) in dst.chunks_mut(d).enumerate() {
+                let src = &qkv[p * qkv_dim + j * d..p * qkv_dim + (j + 1) * d];
+                row.copy_from_slice(src);
+                if rotate {
+                    self.rope.apply(row, p);
+                }
+            }
+        });
+        (q, k, v)
+    }
+
     pub fn prefill(&self, tokens: &[u32], with_mass: bool) -> Result<PromptCache> {
         let c = &self.config;
         let s = tokens.len();
@@ -235,45 +305,38 @@ impl Llama {
             )));
         }
         let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let dev = Device::Cpu;
-        let ids = Tensor::new(tokens, &dev)?;
+        let h = c.hidden_size;
+        let i_dim = c.intermediate_size;
+        let qkv_dim = (nh + 2 * nkv) * d;
+        let eps = c.rms_norm_eps as f32;
         // 1. token embeddings
-        let mut x = self.embed.index_select(&ids, 0)?;
-        let (cos, sin) = self.rope.tables(s);
-        let cos = Tensor::from_slice(cos, (s, d / 2), &dev)?;
-        let sin = Tensor::from_slice(sin, (s, d / 2), &dev)?;
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        let mut x = f32_vec(self.embed.index_select(&ids, 0)?)?;
         let mut kv = Vec::with_capacity(c.num_hidden_layers);
         let mut mass_all = with_mass.then(Vec::new);
+        let mut hn = vec![0.0f32; s * h];
+        let mut qkv = vec![0.0f32; s * qkv_dim];
+        let mut gu = vec![0.0f32; s * 2 * i_dim];
+        let mut act = vec![0.0f32; s * i_dim];
         for layer in &self.layers {
             // 2. attention block: norm, projections, rotary embedding
-            let hn = rms_norm_rows(&x, &layer.input_norm, c.rms_norm_eps)?;
-            let qkv = layer.qkv.forward(&hn)?;
-            let heads = |start: usize, n: usize| -> Result<Tensor> {
-                Ok(qkv
-                    .narrow(1, start * d, n * d)?
-                    .reshape((s, n, d))?
-                    .transpose(0, 1)?
-                    .contiguous()?)
-            };
-            let q = candle_nn::rotary_emb::rope(&heads(0, nh)?.unsqueeze(0)?, &cos, &sin)?
-                .squeeze(0)?;
-            let k = candle_nn::rotary_emb::rope(&heads(nh, nkv)?.unsqueeze(0)?, &cos, &sin)?
-                .squeeze(0)?;
-            let v = heads(nh + nkv, nkv)?;
-            // 3. causal attention, block by block
-            let q = q.flatten_all()?.to_vec1::<f32>()?;
-            let k = k.flatten_all()?.to_vec1::<f32>()?;
-            let v = v.flatten_all()?.to_vec1::<f32>()?;
+            rms_norm_rows(&x, &mut hn, &layer.input_norm, eps);
+            layer.qkv.forward_many(&hn, s, &mut qkv, false);
+            let (q, k, v) = self.split_heads(&qkv, s);
+            // 3. causal attention, block by block; the output projection adds itself
+            //    to the residual stream
             let (attn, mass) = causal_attention(&q, &k, &v, (nh, nkv, s, d), with_mass);
-            let attn = Tensor::from_vec(attn, (s, nh * d), &dev)?;
-            x = (x + layer.o.forward(&attn)?)?;
+            layer.o.forward_many(&attn, s, &mut x, true);
             // 4. MLP block
-            let hn = rms_norm_rows(&x, &layer.post_attention_norm, c.rms_norm_eps)?;
-            let gu = layer.gate_up.forward(&hn)?;
-            let i_dim = c.intermediate_size;
-            let act =
-                (candle_nn::ops::silu(&gu.narrow(1, 0, i_dim)?)? * gu.narrow(1, i_dim, i_dim)?)?;
-            x = (x + layer.down.forward(&act)?)?;
+            rms_norm_rows(&x, &mut hn, &layer.post_attention_norm, eps);
+            layer.gate_up.forward_many(&hn, s, &mut gu, false);
+            act.par_chunks_mut(i_dim)
+                .zip(gu.par_chunks(2 * i_dim))
+                .for_each(|(a, row)| {
+                    a.copy_from_slice(&row[..i_dim]);
+                    kernels::silu_mul(a, &row[i_dim..]);
+                });
+            layer.down.forward_many(&act, s, &mut x, true);
             // 5. keep this layer's cache
             kv.push(
                 k.chunks(s * d)
@@ -286,7 +349,7 @@ impl Llama {
             }
         }
         // 6. final norm and output head, for the last position only
-        let mut last = x.get(s - 1)?.to_vec1::<f32>()?;
+        let mut last = x[(s - 1) * h..].to_vec();
         kernels::rms_norm(&mut last, &self.norm, c.rms_norm_eps as f32);
         let last_logits = self.lm_head.forward_rows(&last, 1);
         Ok(PromptCache {
@@ -429,10 +492,14 @@ impl Llama {
     }
 }
 
-/// RMS norm of every row of a `[n, hidden]` tensor, as transformers computes it in f32.
-fn rms_norm_rows(x: &Tensor, weight: &[f32], eps: f64) -> Result<Tensor> {
-    let w = Tensor::from_slice(weight, weight.len(), x.device())?;
-    Ok(candle_nn::ops::rms_norm(x, &w, eps as f32)?)
+/// `out` = the RMS norm of every `weight.len()`-long row of `x`, rows in parallel.
+fn rms_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], eps: f32) {
+    out.par_chunks_mut(weight.len() * 16)
+        .zip(x.par_chunks(weight.len() * 16))
+        .for_each(|(o, x)| {
+            o.copy_from_slice(x);
+            kernels::rms_norm(o, weight, eps);
+        });
 }
 
 /// Causal attention of `q` (`[nh, s, d]`, row-major) over `k`, `v` (`[nkv, s, d]`),
