@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{build_in_order, generation_length, BuildSummary};
+use super::{build_in_order, generated_example, generation_length, BuildSummary};
 use crate::decl::TaskDecl;
 use crate::error::TaskError;
 use crate::example::{Example, TokenCounter};
@@ -69,35 +69,22 @@ pub(crate) fn build(
     let (lo, hi) = (c.min_article_chars, c.max_article_chars);
     let ids = super::unique_ids(records.iter().map(|r| r.idx.clone()));
     let candidates: Vec<usize> = (0..records.len()).collect();
-    let mut template_error = None;
-    let (examples, summary) = build_in_order(decl, seed, limit, &candidates, |&i| {
+    build_in_order(decl, seed, limit, &candidates, |&i| {
         let r = &records[i];
         if !(lo..=hi).contains(&r.article.chars().count()) {
-            return Err(format!("article not within {lo}-{hi} characters"));
+            return Err(format!("article not within {lo}-{hi} characters").into());
         }
         let references = vec![r.highlights.clone()];
-        let (max_new_tokens, cut) = generation_length(&decl.generation, tokens, &references)?;
-        let input = match render(&c.input, &[("article", &r.article)], &decl.file) {
-            Ok(s) => s,
-            Err(e) => {
-                template_error = Some(e);
-                return Err("template error".to_string());
-            }
-        };
-        Ok(Example {
-            id: ids[i].clone(),
+        let length = generation_length(&decl.generation, tokens, &references)?;
+        let input = render(&c.input, &[("article", &r.article)], &decl.file)?;
+        Ok(generated_example(
+            decl,
+            ids[i].clone(),
             input,
             references,
-            max_new_tokens,
-            cut_output_to_tokens: cut,
-            metric: decl.metric,
-            teacher_forced: None,
-        })
-    });
-    match template_error {
-        Some(e) => Err(e),
-        None => Ok((examples, summary)),
-    }
+            length,
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::decl::{GenerationDecl, TaskDecl};
+use crate::error::TaskError;
 use crate::example::{Example, TokenCounter};
 use crate::rng::TaskRng;
 
@@ -35,20 +36,66 @@ impl BuildSummary {
     }
 }
 
-/// Why a record gave no example (a short reason shared by many records).
-pub(crate) type Skip = String;
+/// Why a record gave no example.
+#[derive(Debug)]
+pub(crate) enum Skip {
+    /// The record is not usable (a short reason shared by many records); it is
+    /// counted in the summary and building goes on.
+    Unusable(String),
+    /// Something is wrong with the task itself (its template): building stops.
+    Fatal(TaskError),
+}
+
+impl From<String> for Skip {
+    fn from(reason: String) -> Self {
+        Skip::Unusable(reason)
+    }
+}
+
+impl From<&str> for Skip {
+    fn from(reason: &str) -> Self {
+        Skip::Unusable(reason.to_string())
+    }
+}
+
+impl From<TaskError> for Skip {
+    fn from(e: TaskError) -> Self {
+        Skip::Fatal(e)
+    }
+}
+
+/// A generated-text example of `decl` (not teacher-forced), with its generation
+/// length from [`generation_length`].
+pub(crate) fn generated_example(
+    decl: &TaskDecl,
+    id: String,
+    input: String,
+    references: Vec<String>,
+    (max_new_tokens, cut_output_to_tokens): (usize, Option<usize>),
+) -> Example {
+    Example {
+        id,
+        input,
+        references,
+        max_new_tokens,
+        cut_output_to_tokens,
+        metric: decl.metric,
+        teacher_forced: None,
+    }
+}
 
 /// Builds examples from `candidates` in a seeded random order until `limit` examples
 /// exist. The order is a shuffle keyed by the task and seed only, so `limit = N`
 /// gives the first N examples of the full run; `build` is called lazily, so a small
-/// limit does not tokenize the whole data set.
+/// limit does not tokenize the whole data set. A [`Skip::Fatal`] stops and is
+/// returned.
 pub(crate) fn build_in_order<C>(
     decl: &TaskDecl,
     seed: u64,
     limit: Option<usize>,
     candidates: &[C],
     mut build: impl FnMut(&C) -> Result<Example, Skip>,
-) -> (Vec<Example>, BuildSummary) {
+) -> Result<(Vec<Example>, BuildSummary), TaskError> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     TaskRng::derive(seed, &[&decl.name, "order"]).shuffle(&mut order);
     let mut summary = BuildSummary {
@@ -63,11 +110,12 @@ pub(crate) fn build_in_order<C>(
         summary.examined += 1;
         match build(&candidates[i]) {
             Ok(ex) => examples.push(ex),
-            Err(reason) => *summary.skipped.entry(reason).or_default() += 1,
+            Err(Skip::Unusable(reason)) => *summary.skipped.entry(reason).or_default() += 1,
+            Err(Skip::Fatal(e)) => return Err(e),
         }
     }
     summary.built = examples.len();
-    (examples, summary)
+    Ok((examples, summary))
 }
 
 /// The generation length of a generative example: `min(cap, spare + longest
@@ -81,7 +129,7 @@ pub(crate) fn generation_length(
     let counts: Vec<usize> = references.iter().map(|r| tokens.count_tokens(r)).collect();
     let longest = counts.iter().copied().max().unwrap_or(0);
     if longest == 0 {
-        return Err("reference has no tokens".to_string());
+        return Err("reference has no tokens".into());
     }
     let cap = g.cap.unwrap_or(usize::MAX);
     let max_new = cap.min(g.spare + longest);

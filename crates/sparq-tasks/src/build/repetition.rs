@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::{build_in_order, generation_length, BuildSummary};
+use super::{build_in_order, generated_example, generation_length, BuildSummary};
 use crate::decl::TaskDecl;
 use crate::error::TaskError;
 use crate::example::{Example, TokenCounter};
@@ -77,39 +77,21 @@ pub(crate) fn build(
     };
     let chars: Vec<char> = text.chars().collect();
     let cands = candidates(&chars, decl);
-    let mut template_error = None;
-    let (examples, summary) = build_in_order(decl, seed, limit, &cands, |c| {
+    build_in_order(decl, seed, limit, &cands, |c| {
         let reference = slice(&chars, c.reference.clone());
         let references = vec![reference];
-        let (max_new_tokens, cut) = generation_length(&decl.generation, tokens, &references)?;
-        let input = match render(
+        let length = generation_length(&decl.generation, tokens, &references)?;
+        let input = render(
             &r.input,
             &[
                 ("context", &slice(&chars, c.context.clone())),
                 ("prompt", &slice(&chars, c.prompt.clone())),
             ],
             &decl.file,
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                template_error = Some(e);
-                return Err("template error".to_string());
-            }
-        };
-        Ok(Example {
-            id: format!("ctx{}-{}", c.context_index, c.pair_index),
-            input,
-            references,
-            max_new_tokens,
-            cut_output_to_tokens: cut,
-            metric: decl.metric,
-            teacher_forced: None,
-        })
-    });
-    match template_error {
-        Some(e) => Err(e),
-        None => Ok((examples, summary)),
-    }
+        )?;
+        let id = format!("ctx{}-{}", c.context_index, c.pair_index);
+        Ok(generated_example(decl, id, input, references, length))
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{build_in_order, dedup_keep_order, generation_length, unique_ids, BuildSummary};
+use super::{
+    build_in_order, dedup_keep_order, generated_example, generation_length, unique_ids,
+    BuildSummary,
+};
 use crate::decl::TaskDecl;
 use crate::error::TaskError;
 use crate::example::{Example, TokenCounter};
@@ -149,11 +152,10 @@ pub(crate) fn build(
     let ids = unique_ids(records.iter().map(|r| r.id.clone()));
     let candidates: Vec<usize> = (0..records.len()).collect();
 
-    let mut template_error = None;
-    let (examples, summary) = build_in_order(decl, seed, limit, &candidates, |&i| {
+    build_in_order(decl, seed, limit, &candidates, |&i| {
         let r = &records[i];
         if r.answers.is_empty() {
-            return Err("question has no gold answer".to_string());
+            return Err("question has no gold answer".into());
         }
         let mut rng = TaskRng::derive(seed, &[&decl.name, &ids[i]]);
 
@@ -179,14 +181,14 @@ pub(crate) fn build(
                 }
             }
         } else {
-            return Err("no other answered question for the one-shot example".to_string());
+            return Err("no other answered question for the one-shot example".into());
         };
         let shot_answer = shortest(&records[shot].answers);
 
         let references = dedup_keep_order(r.answers.clone());
-        let (max_new_tokens, cut) = generation_length(&decl.generation, tokens, &references)?;
+        let length = generation_length(&decl.generation, tokens, &references)?;
         let title = display_title(&r.title);
-        let built = render(
+        let input = render(
             &s.context,
             &[("paragraphs", &paragraphs.join("\n")), ("title", &title)],
             file,
@@ -202,30 +204,15 @@ pub(crate) fn build(
                 ],
                 file,
             )
-        });
-        let input = match built {
-            Ok(input) => input,
-            Err(e) => {
-                // Declarations are checked when parsed, so this is unreachable in
-                // practice; keep the error rather than panic.
-                template_error = Some(e);
-                return Err("template error".to_string());
-            }
-        };
-        Ok(Example {
-            id: ids[i].clone(),
+        })?;
+        Ok(generated_example(
+            decl,
+            ids[i].clone(),
             input,
             references,
-            max_new_tokens,
-            cut_output_to_tokens: cut,
-            metric: decl.metric,
-            teacher_forced: None,
-        })
-    });
-    match template_error {
-        Some(e) => Err(e),
-        None => Ok((examples, summary)),
-    }
+            length,
+        ))
+    })
 }
 
 /// Titles are stored with underscores (`Super_Bowl_50`); the prompt shows spaces.

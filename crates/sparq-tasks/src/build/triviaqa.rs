@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 use std::path::Path;
 
-use super::{build_in_order, generation_length, unique_ids, BuildSummary};
+use super::{build_in_order, generated_example, generation_length, unique_ids, BuildSummary};
 use crate::decl::TaskDecl;
 use crate::error::TaskError;
 use crate::example::{Example, TokenCounter};
@@ -74,8 +74,7 @@ pub(crate) fn build(
     let (lo, hi) = (t.min_document_chars, t.max_document_chars);
     let ids = unique_ids(records.iter().map(|r| r.id.clone()));
     let candidates: Vec<usize> = (0..records.len()).collect();
-    let mut template_error = None;
-    let (examples, summary) = build_in_order(decl, seed, limit, &candidates, |&i| {
+    build_in_order(decl, seed, limit, &candidates, |&i| {
         let r = &records[i];
         let documents: Vec<&String> = r
             .wiki_contexts
@@ -83,9 +82,7 @@ pub(crate) fn build(
             .filter(|d| (lo..=hi).contains(&d.chars().count()))
             .collect();
         if documents.is_empty() {
-            return Err(format!(
-                "no Wikipedia evidence document of {lo}-{hi} characters"
-            ));
+            return Err(format!("no Wikipedia evidence document of {lo}-{hi} characters").into());
         }
         let references: Vec<String> = r
             .aliases
@@ -94,36 +91,24 @@ pub(crate) fn build(
             .cloned()
             .collect();
         if references.is_empty() {
-            return Err("question has no answer alias".to_string());
+            return Err("question has no answer alias".into());
         }
         let mut rng = TaskRng::derive(seed, &[&decl.name, &ids[i]]);
         let document = documents[rng.below(documents.len())];
-        let (max_new_tokens, cut) = generation_length(&decl.generation, tokens, &references)?;
-        let input = match render(
+        let length = generation_length(&decl.generation, tokens, &references)?;
+        let input = render(
             template,
             &[("document", document), ("question", &r.question)],
             &decl.file,
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                template_error = Some(e);
-                return Err("template error".to_string());
-            }
-        };
-        Ok(Example {
-            id: ids[i].clone(),
+        )?;
+        Ok(generated_example(
+            decl,
+            ids[i].clone(),
             input,
             references,
-            max_new_tokens,
-            cut_output_to_tokens: cut,
-            metric: decl.metric,
-            teacher_forced: None,
-        })
-    });
-    match template_error {
-        Some(e) => Err(e),
-        None => Ok((examples, summary)),
-    }
+            length,
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub(crate) fn build(
     };
     let max_tokens = decl.generation.max_reference_tokens.unwrap_or(usize::MAX);
     let articles: Vec<Article> = wikitext_articles(raw);
-    Ok(build_in_order(decl, seed, limit, &articles, |a| {
+    build_in_order(decl, seed, limit, &articles, |a| {
         let chars: Vec<char> = a.text.chars().collect();
         let Some((prefix, reference)) =
             split_prefix_reference(&chars, w.prefix_chars, w.reference_chars)
@@ -53,17 +53,18 @@ pub(crate) fn build(
             return Err(format!(
                 "article too short for a {}-character prefix and a {}-character reference",
                 w.prefix_chars, w.reference_chars
-            ));
+            )
+            .into());
         };
         let reference = slice(&chars, reference);
         let n = tokens.count_tokens(&reference);
         if n == 0 {
-            return Err("reference has no tokens".to_string());
+            return Err("reference has no tokens".into());
         }
         // Skipped rather than truncated, so that the score stays the NLL of every
         // reference character divided by their number.
         if n > max_tokens {
-            return Err(format!("reference longer than {max_tokens} tokens"));
+            return Err(format!("reference longer than {max_tokens} tokens").into());
         }
         Ok(Example {
             id: format!("{}:{}", a.index, a.title),
@@ -74,7 +75,7 @@ pub(crate) fn build(
             metric: decl.metric,
             teacher_forced: Some(reference),
         })
-    }))
+    })
 }
 
 #[cfg(test)]
