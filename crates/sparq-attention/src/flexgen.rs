@@ -46,41 +46,21 @@ multiversion! {
     /// The step, leaving the kept positions in `sc.selected`.
     fn compute(k: usize, q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratch) {
         let (d, s) = (kv.head_dim(), kv.len());
-        let g = q.len() / d;
         if k >= s {
             // All weights kept: a full softmax is dense attention.
-            kernels::dense(q, kv, out, sc);
-            sc.selected.clear();
-            sc.selected.extend(0..s as u32);
+            kernels::dense_all_selected(q, kv, out, sc);
             return;
         }
         let Scratch { qs, logits, rank, weights, selected, top, .. } = sc;
         let qs = kernels::scaled_query(q, d, qs);
-        let w = slots(logits, g * s);
+        let w = slots(logits, q.len() / d * s);
         kernels::all_logits(qs, kv, w);
         kernels::softmax_rows(w, s);
         // GQA: one selection for the group, by the sum of its heads' weights.
-        let ranking: &[f32] = if g == 1 {
-            w
-        } else {
-            let rk = slots(rank, s);
-            rk.fill(0.0);
-            for wh in w.chunks_exact(s) {
-                for (a, &x) in rk.iter_mut().zip(wh) {
-                    *a += x;
-                }
-            }
-            rk
-        };
-        top_k(ranking, k, top, selected);
+        top_k(kernels::group_ranking(w, s, rank), k, top, selected);
         // The kept weights, unnormalised, gathered for the value pass.
-        let n = selected.len();
-        let kept = slots(weights, g * n);
-        for h in 0..g {
-            for (j, &p) in selected.iter().enumerate() {
-                kept[h * n + j] = w[h * s + p as usize];
-            }
-        }
+        kernels::gather_columns(w, s, selected, weights);
+        let kept = &weights[..w.len() / s * selected.len()];
         kernels::subset_accumulate(kept, kv, selected, out);
     }
 }

@@ -512,6 +512,46 @@ pub(crate) fn dense_shared_prompt(
     }
 }
 
+/// The group's ranking of `s` positions from its heads' rows of `scores` (`g x s`): the
+/// row itself for one head, else the heads' sum in `buf` (GQA heads share one
+/// selection, SPEC section 2).
+#[inline(always)]
+pub(crate) fn group_ranking<'a>(scores: &'a [f32], s: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    if scores.len() == s {
+        return scores;
+    }
+    let rk = slots(buf, s);
+    rk.fill(0.0);
+    for row in scores.chunks_exact(s) {
+        for (a, &x) in rk.iter_mut().zip(row) {
+            *a += x;
+        }
+    }
+    rk
+}
+
+/// `dst[h * n + j] = src[h * s + sel[j]]`: the selected columns of every head's row.
+#[inline(always)]
+pub(crate) fn gather_columns(src: &[f32], s: usize, sel: &[u32], dst: &mut Vec<f32>) {
+    let g = src.len() / s;
+    let n = sel.len();
+    let out = slots(dst, g * n);
+    for h in 0..g {
+        for (j, &p) in sel.iter().enumerate() {
+            out[h * n + j] = src[h * s + p as usize];
+        }
+    }
+}
+
+/// Dense attention, recording every position as selected: what a top-k method does
+/// when its budget covers the whole cache.
+#[inline(always)]
+pub(crate) fn dense_all_selected(q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratch) {
+    dense(q, kv, out, sc);
+    sc.selected.clear();
+    sc.selected.extend(0..kv.len() as u32);
+}
+
 /// Renormalised exact attention of the group over the positions `sel` (ascending);
 /// the normalised weights stay in `sc.weights` (`g x sel.len()`), for H2O's scores.
 #[inline(always)]

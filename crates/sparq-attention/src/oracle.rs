@@ -46,38 +46,19 @@ multiversion! {
     /// The step, leaving the selection in `sc.selected`.
     fn compute(k: usize, q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratch) {
         let (d, s) = (kv.head_dim(), kv.len());
-        let g = q.len() / d;
         if k >= s {
-            kernels::dense(q, kv, out, sc);
-            sc.selected.clear();
-            sc.selected.extend(0..s as u32);
+            kernels::dense_all_selected(q, kv, out, sc);
             return;
         }
         let Scratch { qs, logits, rank, weights, selected, top, .. } = sc;
         let qs = kernels::scaled_query(q, d, qs);
-        let z = slots(logits, g * s);
+        let z = slots(logits, q.len() / d * s);
         kernels::all_logits(qs, kv, z);
         // GQA: one selection for the group, by the sum of its heads' scores.
-        let ranking: &[f32] = if g == 1 {
-            z
-        } else {
-            let rk = slots(rank, s);
-            rk.fill(0.0);
-            for zh in z.chunks_exact(s) {
-                for (a, &x) in rk.iter_mut().zip(zh) {
-                    *a += x;
-                }
-            }
-            rk
-        };
-        top_k(ranking, k, top, selected);
+        top_k(kernels::group_ranking(z, s, rank), k, top, selected);
         let n = selected.len();
-        let w = slots(weights, g * n);
-        for h in 0..g {
-            for (j, &p) in selected.iter().enumerate() {
-                w[h * n + j] = z[h * s + p as usize];
-            }
-        }
+        kernels::gather_columns(z, s, selected, weights);
+        let w = &mut weights[..z.len() / s * n];
         kernels::softmax_rows(w, n);
         kernels::subset_accumulate(w, kv, selected, out);
     }

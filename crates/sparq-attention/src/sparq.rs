@@ -93,9 +93,7 @@ multiversion! {
         let g = q.len() / d;
         if cfg.k + 1 >= s {
             // Everything selected: alpha = 1 and the result is dense attention.
-            kernels::dense(q, kv, out, sc);
-            sc.selected.clear();
-            sc.selected.extend(0..s as u32);
+            kernels::dense_all_selected(q, kv, out, sc);
             if let Some(a) = alpha {
                 a.fill(1.0);
             }
