@@ -240,60 +240,13 @@ fn group_logits<'a>(
     stride: usize,
 ) {
     let g = qs.len() / d;
-    let mut j = 0;
-    // Four rows at a time: four independent dot products in flight hide the latency
-    // of each one's chain of additions (every dot is computed exactly as alone).
-    while j + 4 <= n {
-        for t in 0..4 {
-            ahead(j + t);
-        }
-        let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
-        for h in 0..g {
-            let dots = dot4(&qs[h * d..(h + 1) * d], rows);
-            logits[h * stride + j..h * stride + j + 4].copy_from_slice(&dots);
-        }
-        j += 4;
-    }
-    while j < n {
+    for j in 0..n {
         ahead(j);
         let k = row(j);
         for h in 0..g {
             logits[h * stride + j] = dot(&qs[h * d..(h + 1) * d], k);
         }
-        j += 1;
     }
-}
-
-/// `[a . b[0], ..., a . b[3]]`, each summed in exactly the order [`dot`] uses.
-#[inline(always)]
-fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
-    let n = a.len();
-    let b = b.map(|r| &r[..n]);
-    let mut acc = [[0.0f32; LANES]; 4];
-    let full = n / LANES * LANES;
-    let mut i = 0;
-    while i < full {
-        let x = &a[i..i + LANES];
-        for (t, bt) in b.iter().enumerate() {
-            let y = &bt[i..i + LANES];
-            for l in 0..LANES {
-                acc[t][l] += x[l] * y[l];
-            }
-        }
-        i += LANES;
-    }
-    let mut out = [0.0f32; 4];
-    for t in 0..4 {
-        let mut sum = 0.0;
-        for v in acc[t] {
-            sum += v;
-        }
-        for (x, y) in a[full..].iter().zip(&b[t][full..]) {
-            sum += x * y;
-        }
-        out[t] = sum;
-    }
-    out
 }
 
 /// `out_h += sum_j w[h * stride + j] * row(j)` for the group's heads and `j < n`.
