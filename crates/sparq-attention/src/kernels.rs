@@ -307,25 +307,6 @@ pub(crate) fn all_logits(qs: &[f32], kv: &KvView<'_>, logits: &mut [f32]) {
     }
 }
 
-/// `out_h = sum_p w[h * S + p] * V[p]` over every position.
-#[inline(always)]
-pub(crate) fn all_accumulate(w: &[f32], kv: &KvView<'_>, out: &mut [f32]) {
-    let (d, s) = (kv.head_dim(), kv.len());
-    out.fill(0.0);
-    for (off, seg) in kv.segments() {
-        let values = seg.values();
-        group_accumulate(
-            &w[off..],
-            s,
-            d,
-            seg.len(),
-            |j| &values[j * d..(j + 1) * d],
-            |_| {},
-            out,
-        );
-    }
-}
-
 /// Rows fetched ahead when gathering selected positions: scattered rows defeat the
 /// hardware prefetcher, and without a hint each row costs a full memory latency.
 const AHEAD: usize = 8;
@@ -399,41 +380,19 @@ pub(crate) fn subset_accumulate(w: &[f32], kv: &KvView<'_>, sel: &[u32], out: &m
     );
 }
 
-/// Dense attention of the group over every position. The softmax is left unnormalised
-/// through the value pass and the output divided once at the end, saving a pass.
+/// Dense attention of the group over every position: the one-branch case of
+/// [`dense_shared_prompt`].
 #[inline(always)]
 pub(crate) fn dense(q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratch) {
-    let (d, s) = (kv.head_dim(), kv.len());
-    let g = q.len() / d;
-    let qs = scaled_query(q, d, &mut sc.qs);
-    let logits = slots(&mut sc.logits, g * s);
-    all_logits(qs, kv, logits);
-    let mut inv = [0.0f32; 64];
-    let mut inv_big = Vec::new();
-    let inv: &mut [f32] = if g <= inv.len() {
-        &mut inv[..g]
-    } else {
-        inv_big.resize(g, 0.0);
-        &mut inv_big
-    };
-    for (h, row) in logits.chunks_exact_mut(s).enumerate() {
-        let m = max(row);
-        inv[h] = 1.0 / exp_in_place(row, m);
-    }
-    all_accumulate(logits, kv, out);
-    for (h, o) in out.chunks_exact_mut(d).enumerate() {
-        for x in o.iter_mut() {
-            *x *= inv[h];
-        }
-    }
+    dense_shared_prompt(&[q], kv.prompt, &[kv.generated], &mut [out], sc);
 }
 
 /// Dense attention of several branches' head groups over one shared prompt cache and
 /// each branch's own generated positions (all of one length). The prompt's keys and
 /// values are read once for every branch's heads, as if the branches were one larger
-/// group; each head's arithmetic is exactly that of [`dense`] (same dot products, same
-/// row-wise max and sum order, same accumulation order), so the outputs are
-/// bit-identical to calling [`dense`] per branch.
+/// group; each head's arithmetic does not depend on the other heads, so the outputs are
+/// bit-identical to one branch at a time. The softmax is left unnormalised through the
+/// value pass and each output divided once at the end, saving a pass.
 #[inline(always)]
 pub(crate) fn dense_shared_prompt(
     queries: &[&[f32]],
