@@ -27,9 +27,9 @@ impl HeadKv {
             head_dim,
             len: 0,
             capacity,
-            keys: vec![0.0; capacity * head_dim],
-            keys_t: vec![0.0; capacity * head_dim],
-            values: vec![0.0; capacity * head_dim],
+            keys: zeroed(capacity * head_dim),
+            keys_t: zeroed(capacity * head_dim),
+            values: zeroed(capacity * head_dim),
             value_sum: vec![0.0; head_dim],
         }
     }
@@ -126,6 +126,41 @@ impl HeadKv {
         self.capacity
     }
 }
+
+/// `n` zeros, backed by 2 MiB pages where the kernel offers them. SparQ and the top-k
+/// methods read scattered rows of caches far larger than what the TLB covers with
+/// 4 KiB pages, so without this nearly every gathered row costs a page walk as well as
+/// a memory access.
+fn zeroed(n: usize) -> Vec<f32> {
+    let v = vec![0.0f32; n];
+    advise_huge_pages(&v);
+    v
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(v: &[f32]) {
+    const HUGE: usize = 2 << 20;
+    let start = v.as_ptr() as usize;
+    let end = start + std::mem::size_of_val(v);
+    // Only whole 2 MiB pages inside the buffer can be advised.
+    let first = start.next_multiple_of(HUGE);
+    let last = end / HUGE * HUGE;
+    if last > first {
+        // SAFETY: the range lies inside `v`'s allocation, which outlives the call;
+        // MADV_HUGEPAGE changes only how pages are backed, never their contents, and
+        // an error (a kernel without transparent huge pages) is harmless to ignore.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_: &[f32]) {}
 
 /// What one decode step of one KV head sees: the prompt's cache (shared read-only by
 /// every branch) followed by the branch's own generated positions. The current token

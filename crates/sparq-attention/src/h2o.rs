@@ -5,8 +5,9 @@
 
 use crate::cache::KvView;
 use crate::dense::check_shapes;
-use crate::kernels::{self, multiversion, slots, top_k, with_scratch, Scratch};
+use crate::kernels::{self, multiversion, slots, with_scratch, Scratch};
 use crate::method::{AttentionMethod, HeadState, Trace};
+use crate::topk::top_k;
 use crate::transfer::Budget;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -19,6 +19,7 @@ pub mod method;
 pub mod oracle;
 pub mod sparq;
 pub mod spec;
+mod topk;
 pub mod transfer;
 
 pub use bench::{bench_attention, BenchConfig, BenchError, BenchRow};

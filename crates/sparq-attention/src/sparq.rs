@@ -4,8 +4,9 @@
 
 use crate::cache::KvView;
 use crate::dense::check_shapes;
-use crate::kernels::{self, axpy, axpy4, multiversion, slots, top_k, with_scratch, Scratch, BLOCK};
+use crate::kernels::{self, axpy, axpy4, multiversion, slots, with_scratch, Scratch, BLOCK};
 use crate::method::{AttentionMethod, HeadState, Trace};
+use crate::topk::top_k;
 use crate::transfer::Budget;
 
 /// How a GQA group ranks positions for its shared selection (SPEC section 2, step 3).
@@ -130,14 +131,15 @@ multiversion! {
 
         // The softmax normalisers of s_hat, when anything needs probabilities.
         let need_alpha = alpha.is_some() || cfg.realloc;
+        // Plain loops, not iterator closures, here and below: a closure the compiler
+        // does not inline is compiled without AVX2 and runs `exp` at half the width.
         let mut norm = Vec::new();
         if need_alpha || cfg.rank == Rank::Probs {
-            norm.extend(z.chunks_exact(s).map(|zh| {
+            for zh in z.chunks_exact(s) {
                 let m = kernels::max(zh);
-                (m, 1.0 / kernels::exp_sum(zh, m))
-            }));
+                norm.push((m, 1.0 / kernels::exp_sum(zh, m)));
+            }
         }
-
         // 3. Local window (the current token and the l before it), then the best of
         //    the rest until k + 1 positions are selected.
         let l = cfg.l.min(cfg.k);
@@ -180,7 +182,10 @@ multiversion! {
         if let Some(a) = alpha {
             for (h, zh) in z.chunks_exact(s).enumerate() {
                 let (m, inv) = norm[h];
-                let covered: f32 = selected.iter().map(|&p| kernels::exp(zh[p as usize] - m)).sum();
+                let mut covered = 0.0;
+                for &p in selected.iter() {
+                    covered += kernels::exp(zh[p as usize] - m);
+                }
                 a[h] = (covered * inv).min(1.0);
             }
             // 5. Exact attention over the selection, then 6. mean-value reallocation.
