@@ -71,10 +71,39 @@ pub enum BenchError {
     },
 }
 
-/// Size of the copy that measures bandwidth, and of the buffer read between timed
-/// steps to push the cache out of the last-level cache (32 MiB here): a real decode
-/// step finds a layer's cache cold, the other layers having passed through since.
+/// Least size of the copy that measures bandwidth and of the buffer read between timed
+/// steps to push the cache out of the last-level cache: a real decode step finds a
+/// layer's cache cold, the other layers having passed through since. On a machine
+/// whose last-level cache is larger (480 MiB is reported on some virtual machines
+/// here), twice its size is used instead.
 const BIG: usize = 128 << 20;
+
+/// Twice the last-level cache as Linux reports it, at least [`BIG`] and at most 4 GiB.
+fn eviction_bytes() -> usize {
+    let llc = (0..8)
+        .filter_map(|i| {
+            let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
+            let level = std::fs::read_to_string(format!("{dir}/level")).ok()?;
+            let size = std::fs::read_to_string(format!("{dir}/size")).ok()?;
+            (level.trim() == "3").then(|| parse_cache_size(size.trim()))?
+        })
+        .max()
+        .unwrap_or(0);
+    (2 * llc).clamp(BIG, 4 << 30)
+}
+
+/// A sysfs cache size such as `491520K` or `32M`, in bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: usize = digits.parse().ok()?;
+    match unit {
+        "" => Some(n),
+        "K" => Some(n << 10),
+        "M" => Some(n << 20),
+        "G" => Some(n << 30),
+        _ => None,
+    }
+}
 
 /// Times dense and every method in `methods` (dense first, once even if listed), then
 /// measures the copy bandwidth. Specs are checked before the cache is built.
@@ -82,7 +111,7 @@ pub fn bench_attention(
     cfg: &BenchConfig,
     methods: &[MethodSpec],
 ) -> Result<Vec<BenchRow>, BenchError> {
-    run_bench(cfg, methods, BIG)
+    run_bench(cfg, methods, eviction_bytes())
 }
 
 /// [`bench_attention`] with `big` bytes for the copy and the cache eviction; tests use
@@ -352,6 +381,16 @@ mod tests {
         assert!((rows[0].bytes_per_s * rows[0].time_us * 1e-6 / dense_bytes - 1.0).abs() < 1e-9);
         assert_eq!(rows[3].speedup, None);
         assert!(table(&rows).lines().count() == 5);
+    }
+
+    #[test]
+    fn cache_sizes_parse_as_sysfs_writes_them() {
+        assert_eq!(parse_cache_size("491520K"), Some(491_520 << 10));
+        assert_eq!(parse_cache_size("32M"), Some(32 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("12Q"), None);
+        assert_eq!(parse_cache_size(""), None);
+        assert!(eviction_bytes() >= BIG);
     }
 
     #[test]

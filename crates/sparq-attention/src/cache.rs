@@ -10,11 +10,11 @@ pub struct HeadKv {
     len: usize,
     capacity: usize,
     /// `capacity x head_dim`, row `p` is the key of position `p`.
-    keys: Vec<f32>,
+    keys: LineAligned,
     /// `head_dim x capacity`: row `i` holds component `i` of every key.
-    keys_t: Vec<f32>,
+    keys_t: LineAligned,
     /// `capacity x head_dim`.
-    values: Vec<f32>,
+    values: LineAligned,
     /// Running sum of the values of the `len` positions, kept in f64 so that SparQ's
     /// mean value costs `d` reads per step (SPEC section 4's `4*d`) rather than a pass
     /// over all of `V`, without drifting over long caches.
@@ -27,9 +27,9 @@ impl HeadKv {
             head_dim,
             len: 0,
             capacity,
-            keys: zeroed(capacity * head_dim),
-            keys_t: zeroed(capacity * head_dim),
-            values: zeroed(capacity * head_dim),
+            keys: LineAligned::zeroed(capacity * head_dim),
+            keys_t: LineAligned::zeroed(capacity * head_dim),
+            values: LineAligned::zeroed(capacity * head_dim),
             value_sum: vec![0.0; head_dim],
         }
     }
@@ -127,14 +127,68 @@ impl HeadKv {
     }
 }
 
-/// `n` zeros, backed by 2 MiB pages where the kernel offers them. SparQ and the top-k
-/// methods read scattered rows of caches far larger than what the TLB covers with
-/// 4 KiB pages, so without this nearly every gathered row costs a page walk as well as
-/// a memory access.
-fn zeroed(n: usize) -> Vec<f32> {
-    let v = vec![0.0f32; n];
-    advise_huge_pages(&v);
-    v
+/// Floats per cache line.
+const LINE: usize = 64 / std::mem::size_of::<f32>();
+
+/// A zeroed buffer of floats whose first element starts a cache line, backed by 2 MiB
+/// pages where the kernel offers them. SparQ and the top-k methods gather scattered
+/// rows: a row of `d` floats that starts a line spans `d / 16` lines instead of one
+/// more (20% fewer lines fetched at d = 64), and huge pages spare nearly every
+/// gathered row a page walk, the cache being far larger than what the TLB covers with
+/// 4 KiB pages.
+struct LineAligned {
+    /// `len + LINE - 1` floats; the buffer proper starts at `offset`.
+    storage: Vec<f32>,
+    offset: usize,
+    len: usize,
+}
+
+impl LineAligned {
+    fn zeroed(len: usize) -> Self {
+        let storage = vec![0.0f32; len + LINE - 1];
+        advise_huge_pages(&storage);
+        let misalign = storage.as_ptr() as usize % 64;
+        let offset = if misalign == 0 {
+            0
+        } else {
+            (64 - misalign) / std::mem::size_of::<f32>()
+        };
+        Self {
+            storage,
+            offset,
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for LineAligned {
+    type Target = [f32];
+    #[inline]
+    fn deref(&self) -> &[f32] {
+        &self.storage[self.offset..self.offset + self.len]
+    }
+}
+
+impl std::ops::DerefMut for LineAligned {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.storage[self.offset..self.offset + self.len]
+    }
+}
+
+/// A clone is a fresh allocation, aligned on its own (copying the offset would not be).
+impl Clone for LineAligned {
+    fn clone(&self) -> Self {
+        let mut copy = Self::zeroed(self.len);
+        copy.copy_from_slice(self);
+        copy
+    }
+}
+
+impl std::fmt::Debug for LineAligned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LineAligned({} floats)", self.len)
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -220,6 +274,28 @@ impl<'a> KvView<'a> {
         let (a, b) = (self.prompt.value_sum(), self.generated.value_sum());
         for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
             *o = ((x + y) / n) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_start_on_cache_lines_also_in_clones() {
+        for (d, cap) in [(64, 1000), (128, 3), (80, 77)] {
+            let mut kv = HeadKv::with_capacity(d, cap);
+            let row: Vec<f32> = (0..d).map(|i| i as f32).collect();
+            kv.push(&row, &row);
+            let copy = kv.clone();
+            for c in [&kv, &copy] {
+                assert_eq!(c.key(0).as_ptr() as usize % 64, 0, "d={d}");
+                assert_eq!(c.value(0).as_ptr() as usize % 64, 0, "d={d}");
+                assert_eq!(c.key_column(0).as_ptr() as usize % 64, 0, "d={d}");
+                assert_eq!(c.key(0), &row[..]);
+                assert_eq!(c.key_column(5), &[5.0]);
+            }
         }
     }
 }

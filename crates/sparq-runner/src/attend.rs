@@ -8,11 +8,18 @@
 //! per step, more bytes than the weights themselves at a 1,600-token prompt.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 use sparq_attention::{AttentionMethod, HeadKv, HeadState, KvView};
 
 use crate::llama::Branch;
+use crate::team::{Chunks, Team};
+
+/// The lock's data, also after a panic elsewhere (the team re-raises that panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The queries, caches and outputs of one KV head of one branch.
 struct Head<'a> {
@@ -133,8 +140,32 @@ pub(crate) fn attend_layer(
             });
         }
     }
-    let moved: Vec<Vec<(usize, u64)>> = jobs.into_par_iter().map(Job::run).collect();
-    for (b, n) in moved.into_iter().flatten() {
+    // On the decode team when it is free (see `team`), else through rayon.
+    let slots: Vec<Mutex<Option<Job<'_>>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let moved = Mutex::new(Vec::new());
+    let on_team = Team::with(|team| {
+        let next = Chunks::new(slots.len(), 1);
+        team.run(&|_| {
+            while let Some(r) = next.next() {
+                for slot in &slots[r] {
+                    let job = lock(slot).take().expect("each job is taken once");
+                    let served = job.run();
+                    lock(&moved).extend(served);
+                }
+            }
+        });
+    });
+    let moved = match on_team {
+        Some(()) => moved.into_inner().unwrap_or_else(|p| p.into_inner()),
+        None => slots
+            .into_par_iter()
+            .flat_map_iter(|slot| {
+                let job = slot.into_inner().unwrap_or_else(|p| p.into_inner());
+                job.expect("each job is taken once").run()
+            })
+            .collect(),
+    };
+    for (b, n) in moved {
         branches[b].elements_moved += n;
     }
 }
