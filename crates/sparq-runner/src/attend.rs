@@ -141,7 +141,8 @@ pub(crate) fn attend_layer(
         }
     }
     // On the decode team when it is free (see `team`), else through rayon.
-    let slots: Vec<Mutex<Option<Job<'_>>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let slots: Vec<Mutex<Option<Job<'_>>>> =
+        jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
     let moved = Mutex::new(Vec::new());
     let on_team = Team::with(|team| {
         let next = Chunks::new(slots.len(), 1);

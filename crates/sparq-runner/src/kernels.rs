@@ -265,8 +265,7 @@ fn total<const U: usize>(acc: &[[f32; LANES]; U], w_tail: &[f32], x_tail: &[f32]
 fn dot_f32_single(w: &[f32], x: &[f32], k: usize, first: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
-        {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
             // SAFETY: the features the function is compiled for were just detected.
             unsafe { dot_f32_single_avx512(w, x, k, first, dst) };
             return;
@@ -433,8 +432,12 @@ mod tests {
     #[test]
     fn four_rows_at_a_time_is_bit_identical_to_one_row() {
         for &(k, n) in &[(576, 37), (33, 9), (64, 4), (7, 3), (1536, 130)] {
-            let x: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
-            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 9.0).collect();
+            let x: Vec<f32> = (0..k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 9.0)
+                .collect();
             for first in [0, 1] {
                 let mut fast = vec![f32::NAN; n - first];
                 dot_f32_single(&w, &x, k, first, &mut fast);

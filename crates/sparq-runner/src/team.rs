@@ -197,7 +197,10 @@ mod tests {
                     }
                 }
             });
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "phase {phase}");
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "phase {phase}"
+            );
             if phase == 1000 {
                 // Long enough for the helpers to park: the next phase must wake them.
                 std::thread::sleep(SPIN * 3);
