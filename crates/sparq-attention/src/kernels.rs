@@ -36,6 +36,7 @@ macro_rules! multiversion {
                 if $crate::kernels::simd_enabled()
                     && std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("avx2")
                 {
                     // SAFETY: `avx512` requires no more than the CPU features just detected.
                     return unsafe { avx512($($arg),*) };

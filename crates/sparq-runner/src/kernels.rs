@@ -315,7 +315,11 @@ fn total<const U: usize>(acc: &[[f32; LANES]; U], w_tail: &[f32], x_tail: &[f32]
 fn dot_f32_single(w: &[f32], x: &[f32], k: usize, first: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the features the function is compiled for were just detected.
             unsafe { dot_f32_single_avx512(w, x, k, first, dst) };
             return;
