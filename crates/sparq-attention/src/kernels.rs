@@ -598,3 +598,68 @@ multiversion! {
         softmax_rows(xs, xs.len())
     }
 }
+
+multiversion! {
+    /// `gate_i <- silu(gate_i) * up_i`, the gated MLP activation of the runner, with the
+    /// fast `exp` above: the library `expf` is a scalar call and made this a tenth of a
+    /// 1,600-token prefill.
+    pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        let up = &up[..gate.len()];
+        for (g, &u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + exp(-*g)) * u;
+        }
+    }
+}
+
+multiversion! {
+    /// `x_i <- e^(x_i - max_j x_j)` in place, returning the sum: a softmax that leaves
+    /// the division to the caller (the prefill divides its `d`-wide output rows instead
+    /// of its `S`-wide probability rows).
+    pub fn exp_shifted_in_place(xs: &mut [f32]) -> f32 {
+        let m = max(xs);
+        exp_in_place(xs, m)
+    }
+}
+
+#[cfg(test)]
+mod activation_tests {
+    use super::*;
+
+    #[test]
+    fn silu_mul_matches_f64_including_saturated_inputs() {
+        let gate: Vec<f32> = (0..203).map(|i| (i as f32 - 101.0) * 1.37).collect();
+        let up: Vec<f32> = (0..203).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        let mut got = gate.clone();
+        silu_mul(&mut got, &up);
+        for ((&x, &u), &y) in gate.iter().zip(&up).zip(&got) {
+            let want = x as f64 / (1.0 + (-x as f64).exp()) * u as f64;
+            // `exp` saturates at e^88: below about -88 the product is a tiny
+            // nonzero number instead of one that underflows f32 anyway.
+            assert!(
+                (y as f64 - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                "silu({x}) * {u}: {y} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn exp_shifted_in_place_gives_the_softmax_numerators_and_their_sum() {
+        let xs: Vec<f32> = (0..37)
+            .map(|i| ((i * 17) % 23) as f32 * 0.9 - 5.0)
+            .collect();
+        let mut got = xs.clone();
+        let sum = exp_shifted_in_place(&mut got);
+        let m = xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let want: Vec<f64> = xs.iter().map(|&x| (x as f64 - m).exp()).collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 1e-6 * w, "{g} vs {w}");
+        }
+        let want_sum: f64 = want.iter().sum();
+        assert!((sum as f64 - want_sum).abs() <= 1e-6 * want_sum);
+        let mut probs = xs.clone();
+        softmax_in_place(&mut probs);
+        for (p, g) in probs.iter().zip(&got) {
+            assert!((p - g / sum).abs() <= 1e-6);
+        }
+    }
+}

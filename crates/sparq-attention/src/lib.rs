@@ -27,7 +27,7 @@ pub use cache::{HeadKv, KvView};
 pub use dense::Dense;
 pub use flexgen::FlexGen;
 pub use h2o::H2o;
-pub use kernels::softmax_in_place;
+pub use kernels::{exp_shifted_in_place, silu_mul, softmax_in_place};
 pub use kernels::{set_simd, simd_enabled};
 pub use lminf::LmInfinite;
 pub use method::{AttentionMethod, HeadState, ModelShape, Trace};

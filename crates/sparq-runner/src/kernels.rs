@@ -441,13 +441,6 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// `gate <- silu(gate) * up`, elementwise.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
-}
-
 /// Index of the largest value (the first one on ties, as `torch.argmax`).
 pub fn argmax(xs: &[f32]) -> usize {
     let mut best = 0;

@@ -3,6 +3,8 @@
 //! `sparq_attention` method. Weight names mirror the Hugging Face checkpoints.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
@@ -334,7 +336,7 @@ impl Llama {
                 .zip(gu.par_chunks(2 * i_dim))
                 .for_each(|(a, row)| {
                     a.copy_from_slice(&row[..i_dim]);
-                    kernels::silu_mul(a, &row[i_dim..]);
+                    sparq_attention::silu_mul(a, &row[i_dim..]);
                 });
             layer.down.forward_many(&act, s, &mut x, true);
             // 5. keep this layer's cache
@@ -477,7 +479,7 @@ impl Llama {
             for (b, row) in gu.chunks(2 * i_dim).enumerate() {
                 let dst = &mut act[b * i_dim..(b + 1) * i_dim];
                 dst.copy_from_slice(&row[..i_dim]);
-                kernels::silu_mul(dst, &row[i_dim..]);
+                sparq_attention::silu_mul(dst, &row[i_dim..]);
             }
             let down = layer.down.forward_rows(&act, m);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
@@ -508,8 +510,7 @@ fn rms_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], eps: f32) {
 /// received from all queries (`[nkv][s]`, averaged over each group).
 ///
 /// Work goes in (KV head, query block) tasks: a block scores only the keys up to its
-/// last query, and the softmax is applied in place, so no masked score is computed
-/// beyond the block's diagonal and no score matrix is copied.
+/// last query, so no masked score is computed beyond the block's diagonal.
 fn causal_attention(
     q: &[f32],
     k: &[f32],
@@ -518,96 +519,28 @@ fn causal_attention(
     with_mass: bool,
 ) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
     let g = nh / nkv;
-    let scale = 1.0 / (d as f32).sqrt();
+    // Blocks later in the prompt score more keys. Threads take blocks from one counter,
+    // longest first, so that the last ones to finish are short (rayon's halving split
+    // could leave one thread idle for up to a long block).
     let blocks: Vec<(usize, usize)> = (0..s.div_ceil(PREFILL_BLOCK))
+        .rev()
         .flat_map(|b| (0..nkv).map(move |kvh| (kvh, b * PREFILL_BLOCK)))
         .collect();
-    let results: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = blocks
-        .into_par_iter()
-        .map(|(kvh, start)| {
-            let len = PREFILL_BLOCK.min(s - start);
-            let end = start + len;
-            let kh = &k[kvh * s * d..(kvh + 1) * s * d];
-            let vh = &v[kvh * s * d..(kvh + 1) * s * d];
-            let mut out = vec![0.0f32; g * len * d];
-            let mut mass = if with_mass {
-                vec![0.0f32; end]
-            } else {
-                Vec::new()
-            };
-            let mut scores = vec![0.0f32; len * end];
-            for j in 0..g {
-                let h = kvh * g + j;
-                let qh = &q[(h * s + start) * d..(h * s + end) * d];
-                // SAFETY: every pointer/stride pair addresses only the slices above:
-                // scores `len x end`, q rows `len x d`, keys `end x d` read transposed.
-                unsafe {
-                    gemm::gemm(
-                        len,
-                        end,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        end as isize,
-                        false,
-                        qh.as_ptr(),
-                        1,
-                        d as isize,
-                        kh.as_ptr(),
-                        d as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                for (i, row) in scores.chunks_mut(end).enumerate() {
-                    let valid = start + i + 1;
-                    let (live, masked) = row.split_at_mut(valid);
-                    sparq_attention::softmax_in_place(live);
-                    masked.fill(0.0);
-                    if with_mass {
-                        mass[..valid]
-                            .iter_mut()
-                            .zip(live.iter())
-                            .for_each(|(m, p)| *m += p / g as f32);
-                    }
-                }
-                let oj = &mut out[j * len * d..(j + 1) * len * d];
-                // SAFETY: output `len x d`, probabilities `len x end`, values `end x d`.
-                unsafe {
-                    gemm::gemm(
-                        len,
-                        d,
-                        end,
-                        oj.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        end as isize,
-                        vh.as_ptr(),
-                        1,
-                        d as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            }
-            (kvh, start, out, mass)
-        })
-        .collect();
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::with_capacity(blocks.len()));
+    let threads = rayon::current_num_threads().max(1);
+    (0..threads).into_par_iter().for_each(|_| {
+        while let Some(&(kvh, start)) = blocks.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let block = attend_block(q, k, v, (nh, nkv, s, d), kvh, start, with_mass);
+            results
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((kvh, start, block));
+        }
+    });
     let mut attn = vec![0.0f32; s * nh * d];
     let mut mass_all = with_mass.then(|| vec![vec![0.0f32; s]; nkv]);
-    for (kvh, start, out, mass) in results {
+    for (kvh, start, (out, mass)) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
         let len = out.len() / (g * d);
         for j in 0..g {
             let h = kvh * g + j;
@@ -624,4 +557,109 @@ fn causal_attention(
         }
     }
     (attn, mass_all)
+}
+
+/// One task of [`causal_attention`]: the queries `start..start + PREFILL_BLOCK` of
+/// KV head `kvh`'s group. Returns their outputs (`[g][len][d]`) and, when
+/// `with_mass`, the probability mass each key up to the block's end received.
+fn attend_block(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (nh, nkv, s, d): (usize, usize, usize, usize),
+    kvh: usize,
+    start: usize,
+    with_mass: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let g = nh / nkv;
+    let scale = 1.0 / (d as f32).sqrt();
+    let len = PREFILL_BLOCK.min(s - start);
+    let end = start + len;
+    let kh = &k[kvh * s * d..(kvh + 1) * s * d];
+    let vh = &v[kvh * s * d..(kvh + 1) * s * d];
+    let mut out = vec![0.0f32; g * len * d];
+    let mut mass = if with_mass {
+        vec![0.0f32; end]
+    } else {
+        Vec::new()
+    };
+    let mut scores = vec![0.0f32; len * end];
+    let mut row_sums = vec![1.0f32; len];
+    for j in 0..g {
+        let h = kvh * g + j;
+        let qh = &q[(h * s + start) * d..(h * s + end) * d];
+        // SAFETY: every pointer/stride pair addresses only the slices above:
+        // scores `len x end`, q rows `len x d`, keys `end x d` read transposed.
+        unsafe {
+            gemm::gemm(
+                len,
+                end,
+                d,
+                scores.as_mut_ptr(),
+                1,
+                end as isize,
+                false,
+                qh.as_ptr(),
+                1,
+                d as isize,
+                kh.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (i, row) in scores.chunks_mut(end).enumerate() {
+            let valid = start + i + 1;
+            let (live, masked) = row.split_at_mut(valid);
+            if with_mass {
+                sparq_attention::softmax_in_place(live);
+                mass[..valid]
+                    .iter_mut()
+                    .zip(live.iter())
+                    .for_each(|(m, p)| *m += p / g as f32);
+            } else {
+                // Unnormalised: the `d`-wide output row is divided below, which is
+                // cheaper than dividing the `valid`-wide row of weights.
+                row_sums[i] = sparq_attention::exp_shifted_in_place(live);
+            }
+            masked.fill(0.0);
+        }
+        let oj = &mut out[j * len * d..(j + 1) * len * d];
+        // SAFETY: output `len x d`, weights `len x end`, values `end x d`.
+        unsafe {
+            gemm::gemm(
+                len,
+                d,
+                end,
+                oj.as_mut_ptr(),
+                1,
+                d as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                end as isize,
+                vh.as_ptr(),
+                1,
+                d as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        if !with_mass {
+            for (row, sum) in oj.chunks_mut(d).zip(&row_sums) {
+                let inv = 1.0 / sum;
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+        }
+    }
+    (out, mass)
 }
