@@ -341,8 +341,8 @@ impl Llama {
             layer.down.forward_many(&act, s, &mut x, true);
             // 5. keep this layer's cache
             kv.push(
-                k.chunks(s * d)
-                    .zip(v.chunks(s * d))
+                k.par_chunks(s * d)
+                    .zip(v.par_chunks(s * d))
                     .map(|(kh, vh)| HeadKv::from_rows(d, kh, vh))
                     .collect(),
             );
