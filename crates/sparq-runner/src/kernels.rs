@@ -435,15 +435,27 @@ unsafe fn dot_bf16_single_avx512(w: &[bf16], x: &[f32], k: usize, first: usize, 
     let mut o = first;
     for d in &mut chunks {
         let rows = [0, 1, 2, 3].map(|j| w.as_ptr().wrapping_add((o + j) * k));
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for i in (0..full).step_by(16) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        let mut i = 0;
+        while i + 32 <= full {
+            let (x0, x1) = (input(i), input(i + 16));
+            for (a, row) in acc.iter_mut().zip(rows) {
+                // The same line of the next four rows: one group ahead keeps enough
+                // loads in flight to stream the weights (a hint; it never faults).
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(4 * k + i) as *const i8);
+                a[0] = _mm512_fmadd_ps(widen(row.wrapping_add(i)), x0, a[0]);
+                a[1] = _mm512_fmadd_ps(widen(row.wrapping_add(i + 16)), x1, a[1]);
+            }
+            i += 32;
+        }
+        if i < full {
             let xv = input(i);
             for (a, row) in acc.iter_mut().zip(rows) {
-                *a = _mm512_fmadd_ps(widen(row.wrapping_add(i)), xv, *a);
+                a[0] = _mm512_fmadd_ps(widen(row.wrapping_add(i)), xv, a[0]);
             }
         }
         for (j, (d, a)) in d.iter_mut().zip(acc).enumerate() {
-            *d = _mm512_reduce_add_ps(a) + tail(o + j);
+            *d = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1])) + tail(o + j);
         }
         o += 4;
     }
