@@ -295,6 +295,20 @@ fn prefetch_ahead(w: &[f32], i: usize) {
     let _ = (w, i);
 }
 
+/// Prefetches the cache line of `p` (a hint: the address is never dereferenced, and a
+/// prefetch never faults, so `p` may point past the matrix).
+#[inline(always)]
+fn prefetch_line(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch reads nothing architecturally and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// One dot product's result: the lanes of its accumulators summed in order, then the
 /// tail that did not fill a step (`w_tail . x_tail`) added one by one. Every kernel
 /// ends this way, so that all give a row the same bits.
@@ -377,6 +391,13 @@ fn dot_four_rows(w: [&[f32]; 4], x: &[f32], dst: &mut [f32]) {
     let full = n / step * step;
     let mut i = 0;
     while i < full {
+        // The same lines of the next four rows (one group ahead): enough loads in
+        // flight to stream the weights. Measured with the bf16 kernel first (42 -> 55
+        // tok/s); a fixed distance ahead within the row did not help here.
+        for wr in &w {
+            prefetch_line(wr.as_ptr().wrapping_add(4 * n + i));
+            prefetch_line(wr.as_ptr().wrapping_add(4 * n + i + 16));
+        }
         for u in 0..U {
             let at = i + u * LANES;
             let xl = &x[at..at + LANES];
