@@ -365,6 +365,9 @@ pub(crate) fn subset_logits(qs: &[f32], kv: &KvView<'_>, sel: &[u32], logits: &m
     let ahead = |j: usize| {
         if let Some(&p) = sel.get(j + AHEAD) {
             prefetch(kv.key(p as usize));
+            // The value rows too, which the weighted sum reads next: twice the loads
+            // in flight during this gather, and that one then finds them in cache.
+            prefetch(kv.value(p as usize));
         }
     };
     group_logits(
