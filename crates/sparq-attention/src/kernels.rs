@@ -307,22 +307,75 @@ fn group_accumulate<'a>(
     }
 }
 
+/// `z[h * stride + p] = sum_j coef[h * r + j] * K[p, cols[j]]` for the positions `p`
+/// of `seg`: logits from the key components `cols` (SparQ's approximate logits, or
+/// all `d` of them for exact ones), reading `seg`'s transposed keys block by block so
+/// each block of each key row is fetched once for all `g` heads. Positions run along
+/// the vectors, so no dot product ends in a horizontal sum.
+#[inline(always)]
+pub(crate) fn column_logits(
+    seg: &HeadKv,
+    cols: &[u32],
+    coef: &[f32],
+    g: usize,
+    z: &mut [f32],
+    stride: usize,
+) {
+    let n = seg.len();
+    let r = cols.len();
+    let col = |j: usize, b0: usize, b1: usize| &seg.key_column(cols[j] as usize)[b0..b1];
+    let mut b0 = 0;
+    while b0 < n {
+        let b1 = (b0 + BLOCK).min(n);
+        for h in 0..g {
+            z[h * stride + b0..h * stride + b1].fill(0.0);
+        }
+        let mut j = 0;
+        while j + 4 <= r {
+            let rows = [
+                col(j, b0, b1),
+                col(j + 1, b0, b1),
+                col(j + 2, b0, b1),
+                col(j + 3, b0, b1),
+            ];
+            for h in 0..g {
+                let c = &coef[h * r + j..h * r + j + 4];
+                axpy4(
+                    &mut z[h * stride + b0..h * stride + b1],
+                    [c[0], c[1], c[2], c[3]],
+                    rows,
+                );
+            }
+            j += 4;
+        }
+        while j < r {
+            let row = col(j, b0, b1);
+            for h in 0..g {
+                axpy(
+                    &mut z[h * stride + b0..h * stride + b1],
+                    coef[h * r + j],
+                    row,
+                );
+            }
+            j += 1;
+        }
+        b0 = b1;
+    }
+}
+
+/// `0, 1, .., d - 1`: every key component, for exact logits through [`column_logits`].
+fn every_column(d: usize) -> Vec<u32> {
+    (0..d as u32).collect()
+}
+
 /// Exact logits (scaled query `qs`, `g x d`) of every position into `logits`
 /// (`g x S`, head-major). Each key row is read once for the whole group.
 #[inline(always)]
 pub(crate) fn all_logits(qs: &[f32], kv: &KvView<'_>, logits: &mut [f32]) {
     let (d, s) = (kv.head_dim(), kv.len());
+    let cols = every_column(d);
     for (off, seg) in kv.segments() {
-        let keys = seg.keys();
-        group_logits(
-            qs,
-            d,
-            seg.len(),
-            |j| &keys[j * d..(j + 1) * d],
-            |_| {},
-            &mut logits[off..],
-            s,
-        );
+        column_logits(seg, &cols, qs, qs.len() / d, &mut logits[off..], s);
     }
 }
 
@@ -437,16 +490,14 @@ pub(crate) fn dense_shared_prompt(
     }
     let qs = &sc.qs[..];
     let logits = slots(&mut sc.logits, heads * s);
-    let keys = prompt.keys();
-    group_logits(qs, d, sp, |j| &keys[j * d..(j + 1) * d], |_| {}, logits, s);
+    let cols = every_column(d);
+    column_logits(prompt, &cols, qs, heads, logits, s);
     for (b, gen) in generated.iter().enumerate() {
-        let gk = gen.keys();
-        group_logits(
+        column_logits(
+            gen,
+            &cols,
             &qs[b * g * d..(b + 1) * g * d],
-            d,
-            sg,
-            |j| &gk[j * d..(j + 1) * d],
-            |_| {},
+            g,
             &mut logits[b * g * s + sp..],
             s,
         );

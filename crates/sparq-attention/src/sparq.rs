@@ -4,7 +4,7 @@
 
 use crate::cache::KvView;
 use crate::dense::check_shapes;
-use crate::kernels::{self, axpy, axpy4, multiversion, slots, with_scratch, Scratch, BLOCK};
+use crate::kernels::{self, multiversion, slots, with_scratch, Scratch};
 use crate::method::{AttentionMethod, HeadState, Trace};
 use crate::topk::top_k;
 use crate::transfer::Budget;
@@ -210,47 +210,8 @@ multiversion! {
 #[inline(always)]
 fn approx_logits(kv: &KvView<'_>, i1: &[u32], coef: &[f32], g: usize, z: &mut [f32]) {
     let s = kv.len();
-    let r = i1.len();
     for (off, seg) in kv.segments() {
-        let n = seg.len();
-        let col = |j: usize, b0: usize, b1: usize| &seg.key_column(i1[j] as usize)[b0..b1];
-        let mut b0 = 0;
-        while b0 < n {
-            let b1 = (b0 + BLOCK).min(n);
-            for h in 0..g {
-                z[h * s + off + b0..h * s + off + b1].fill(0.0);
-            }
-            let mut j = 0;
-            while j + 4 <= r {
-                let rows = [
-                    col(j, b0, b1),
-                    col(j + 1, b0, b1),
-                    col(j + 2, b0, b1),
-                    col(j + 3, b0, b1),
-                ];
-                for h in 0..g {
-                    let c = &coef[h * r + j..h * r + j + 4];
-                    axpy4(
-                        &mut z[h * s + off + b0..h * s + off + b1],
-                        [c[0], c[1], c[2], c[3]],
-                        rows,
-                    );
-                }
-                j += 4;
-            }
-            while j < r {
-                let row = col(j, b0, b1);
-                for h in 0..g {
-                    axpy(
-                        &mut z[h * s + off + b0..h * s + off + b1],
-                        coef[h * r + j],
-                        row,
-                    );
-                }
-                j += 1;
-            }
-            b0 = b1;
-        }
+        kernels::column_logits(seg, i1, coef, g, &mut z[off..], s);
     }
 }
 

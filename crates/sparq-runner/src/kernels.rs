@@ -598,7 +598,9 @@ mod tests {
     #[test]
     fn one_branch_bf16_rows_match_the_rounded_weights() {
         for &(k, n, first) in &[(576, 7, 0), (37, 9, 2), (15, 5, 1), (1536, 4, 3)] {
-            let x: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let x: Vec<f32> = (0..k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
             let w: Vec<bf16> = (0..(first + n) * k)
                 .map(|i| bf16::from_f32(((i * 53 % 97) as f32 - 48.0) / 40.0))
                 .collect();
@@ -606,9 +608,7 @@ mod tests {
             dot_bf16_single(&w, &x, k, first, &mut got);
             for (j, g) in got.iter().enumerate() {
                 let o = first + j;
-                let want: f64 = (0..k)
-                    .map(|i| w[o * k + i].to_f64() * x[i] as f64)
-                    .sum();
+                let want: f64 = (0..k).map(|i| w[o * k + i].to_f64() * x[i] as f64).sum();
                 assert!(
                     (*g as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
                     "k={k} row {o}: {g} vs {want}"
