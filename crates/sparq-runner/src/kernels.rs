@@ -494,6 +494,21 @@ unsafe fn dot_bf16_single_avx512(w: &[bf16], x: &[f32], k: usize, first: usize, 
 fn dot_rows_bf16(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
+        if dst.len() >= 8 && std::is_x86_feature_detected!("avx512f") {
+            // Blocks of eight branches widen in registers; the rest (fewer than eight)
+            // go through the buffer below.
+            let eights = dst.len() / 8 * 8;
+            assert!(w.len() >= k && x.len() >= dst.len() * k);
+            for (b, d) in dst[..eights].chunks_exact_mut(8).enumerate() {
+                // SAFETY: the CPU has AVX-512F (just detected); branches `8b..8b+8` of
+                // `x` hold `k` floats each (checked above).
+                unsafe { dot_eight_bf16_avx512(&w[..k], &x[b * 8 * k..], k, d) };
+            }
+            if eights < dst.len() {
+                dot_rows_bf16(w, &x[eights * k..], k, &mut dst[eights..]);
+            }
+            return;
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features the function is compiled for were just detected.
             unsafe { dot_rows_bf16_avx2(w, x, k, dst) };
@@ -501,6 +516,44 @@ fn dot_rows_bf16(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
         }
     }
     dot_rows_bf16_generic(w, x, k, dst)
+}
+
+/// `dst[b] = w . x[b]` for eight branches (rows of `x` at `stride`), bf16 weights
+/// widened in registers: each 16 weights are widened once for all eight products.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and `x` must hold 8 rows of `stride` with at least
+/// `w.len()` floats each (the last may end there).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_eight_bf16_avx512(w: &[bf16], x: &[f32], stride: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = w.len();
+    let full = n / 16 * 16;
+    let mut acc = [_mm512_setzero_ps(); 8];
+    let mut i = 0;
+    while i < full {
+        // Half a KiB ahead, into the next rows past this one's end (a hint only).
+        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(i + 256) as *const i8);
+        // SAFETY: `i + 16 <= n` for the weights and for each branch's row.
+        let wv = unsafe {
+            let halves = _mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+        };
+        for (b, a) in acc.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(b * stride + i)) };
+            *a = _mm512_fmadd_ps(wv, xv, *a);
+        }
+        i += 16;
+    }
+    for (b, a) in acc.iter().enumerate() {
+        let mut s = _mm512_reduce_add_ps(*a);
+        for j in full..n {
+            s += w[j].to_f32() * x[b * stride + j];
+        }
+        dst[b] = s;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
