@@ -81,33 +81,40 @@ impl Linear {
             }
             _ => unreachable!("weights are f32 or bf16 on the CPU by construction"),
         };
+        // Each thread multiplies its own band of rows with gemm's one-thread path.
         let threads = rayon::current_num_threads().max(1);
-        // SAFETY: `out` is `m x n` row-major, `x` is `m x k` row-major and `w` is
-        // `n x k` row-major, read as its transpose `k x n` (column stride `k`); the
-        // sizes were checked above.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                accumulate,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                if accumulate { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(threads),
-            );
-        }
+        let band = m.div_ceil(threads).max(1);
+        out.par_chunks_mut(band * n)
+            .zip(x.par_chunks(band * k))
+            .for_each(|(out, x)| {
+                let rows = x.len() / k.max(1);
+                // SAFETY: `out` is `rows x n` row-major, `x` is `rows x k` row-major
+                // and `w` is `n x k` row-major, read as its transpose `k x n` (column
+                // stride `k`); the sizes were checked above.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        accumulate,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w.as_ptr(),
+                        k as isize,
+                        1,
+                        if accumulate { 1.0 } else { 0.0 },
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
     }
 
     /// A few rows (decode): `x` is `m x in`.
