@@ -275,8 +275,8 @@ const LINE: usize = 16;
 /// arithmetic between loads (up to eight branches' products per weight) that the
 /// hardware prefetcher alone keeps too few lines in flight. Measured on the 2-core
 /// development machine, 8 branches: 74-78 tok/s without, 92-98 with 256 or 1,024
-/// floats ahead; one branch (four rows at a time, no arithmetic to hide behind) gains
-/// nothing, so its kernel does not prefetch.
+/// floats ahead. The one-branch kernels read four rows at once, so they prefetch the
+/// same lines of the next four rows instead (see `dot_four_rows`).
 const PREFETCH_AHEAD: usize = 256;
 
 /// Asks for the line `PREFETCH_AHEAD` floats past `w[i]`; rows are contiguous, so
