@@ -197,29 +197,60 @@ fn dot_eight(w: &[f32], x: &[f32], stride: usize, dst: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_eight_avx512(w: &[f32], x: &[f32], stride: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::_mm512_loadu_ps;
+    let sums = eight_products(
+        w.len(),
+        // SAFETY: `eight_products` asks only for `i + 16 <= w.len()`.
+        |i| unsafe { _mm512_loadu_ps(w.as_ptr().add(i)) },
+        |j| w[j],
+        |i| prefetch_ahead(w, i),
+        x,
+        stride,
+    );
+    for (d, s) in dst.iter_mut().zip(sums) {
+        *d += s;
+    }
+}
+
+/// The eight branches' products `w . x[b]` for a weight row of `n` elements that
+/// `weights(i)` gives 16 at a time from `i` (and `weight(j)` one at a time, for the
+/// tail), calling `ahead(i)` before each 16 to prefetch.
+///
+/// # Safety
+/// The CPU must have AVX-512F (callers are compiled for it), and `x` must hold 8 rows
+/// of `stride` with at least `n` floats each.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn eight_products(
+    n: usize,
+    weights: impl Fn(usize) -> std::arch::x86_64::__m512,
+    weight: impl Fn(usize) -> f32,
+    ahead: impl Fn(usize),
+    x: &[f32],
+    stride: usize,
+) -> [f32; 8] {
     use std::arch::x86_64::*;
-    let n = w.len();
     let full = n / 16 * 16;
     let mut acc = [_mm512_setzero_ps(); 8];
     let mut i = 0;
     while i < full {
-        prefetch_ahead(w, i);
-        // SAFETY: `i + 16 <= n`, and row `b` of `x` has `n` floats from `b * stride`.
-        let wv = unsafe { _mm512_loadu_ps(w.as_ptr().add(i)) };
+        ahead(i);
+        let wv = weights(i);
         for (b, a) in acc.iter_mut().enumerate() {
-            // SAFETY: as above.
+            // SAFETY: `i + 16 <= n`, and row `b` of `x` has `n` floats from `b * stride`.
             let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(b * stride + i)) };
             *a = _mm512_fmadd_ps(wv, xv, *a);
         }
         i += 16;
     }
-    for (b, a) in acc.iter().enumerate() {
-        let mut s = _mm512_reduce_add_ps(*a);
+    let mut sums = [0.0f32; 8];
+    for (b, (s, a)) in sums.iter_mut().zip(&acc).enumerate() {
+        *s = _mm512_reduce_add_ps(*a);
         for j in full..n {
-            s += w[j] * x[b * stride + j];
+            *s += weight(j) * x[b * stride + j];
         }
-        dst[b] += s;
     }
+    sums
 }
 
 /// `dst[b] += w . x[b]` for a block of `M` branches. Each branch keeps `U` sets of
@@ -528,32 +559,24 @@ fn dot_rows_bf16(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_eight_bf16_avx512(w: &[bf16], x: &[f32], stride: usize, dst: &mut [f32]) {
     use std::arch::x86_64::*;
-    let n = w.len();
-    let full = n / 16 * 16;
-    let mut acc = [_mm512_setzero_ps(); 8];
-    let mut i = 0;
-    while i < full {
-        // Half a KiB ahead, into the next rows past this one's end (a hint only).
-        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(i + 256) as *const i8);
-        // SAFETY: `i + 16 <= n` for the weights and for each branch's row.
-        let wv = unsafe {
+    let widen = |i: usize| {
+        // SAFETY: `eight_products` asks only for `i + 16 <= w.len()`.
+        unsafe {
             let halves = _mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i);
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
-        };
-        for (b, a) in acc.iter_mut().enumerate() {
-            // SAFETY: as above.
-            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(b * stride + i)) };
-            *a = _mm512_fmadd_ps(wv, xv, *a);
         }
-        i += 16;
-    }
-    for (b, a) in acc.iter().enumerate() {
-        let mut s = _mm512_reduce_add_ps(*a);
-        for j in full..n {
-            s += w[j].to_f32() * x[b * stride + j];
-        }
-        dst[b] = s;
-    }
+    };
+    // Half a KiB ahead, into the next rows past this one's end (a hint only).
+    let ahead =
+        |i: usize| _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(i + 256) as *const i8);
+    dst[..8].copy_from_slice(&eight_products(
+        w.len(),
+        widen,
+        |j| w[j].to_f32(),
+        ahead,
+        x,
+        stride,
+    ));
 }
 
 #[cfg(target_arch = "x86_64")]
