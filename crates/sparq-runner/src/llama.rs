@@ -73,8 +73,9 @@ impl Linear {
         let w: &[f32] = match &*storage {
             Storage::Cpu(candle_core::CpuStorage::F32(v)) => &v[start..start + n * k],
             Storage::Cpu(candle_core::CpuStorage::BF16(v)) => {
+                // Widened once per call for the matrix product, on all threads.
                 widened = v[start..start + n * k]
-                    .iter()
+                    .par_iter()
                     .map(|b| b.to_f32())
                     .collect::<Vec<f32>>();
                 &widened
