@@ -82,6 +82,16 @@ impl Linear {
             }
             _ => unreachable!("weights are f32 or bf16 on the CPU by construction"),
         };
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            // An empty sum (zero-width input): the output stays, or becomes zero.
+            if !accumulate {
+                out.fill(0.0);
+            }
+            return;
+        }
         // Each thread multiplies its own band of rows with gemm's one-thread path.
         let threads = rayon::current_num_threads().max(1);
         let band = m.div_ceil(threads).max(1);
