@@ -315,15 +315,7 @@ const PREFETCH_AHEAD: usize = 256;
 /// computed without dereferencing, and a prefetch never faults.
 #[inline(always)]
 fn prefetch_ahead(w: &[f32], i: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = w.as_ptr().wrapping_add(i + PREFETCH_AHEAD);
-        // SAFETY: a prefetch reads nothing architecturally and never faults.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (w, i);
+    prefetch_line(w.as_ptr().wrapping_add(i + PREFETCH_AHEAD));
 }
 
 /// Prefetches the cache line of `p` (a hint: the address is never dereferenced, and a
@@ -447,6 +439,21 @@ fn dot_four_rows(w: [&[f32]; 4], x: &[f32], dst: &mut [f32]) {
     }
 }
 
+/// 16 bf16 values from `p`, widened to f32 (a bf16 is the top half of an f32).
+///
+/// # Safety
+/// The CPU must have AVX-512F, and `p` must point at 16 readable values.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn widen16(p: *const bf16) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let halves = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+    }
+}
+
 /// One branch, bf16 weights: `dst[j] = w[first + j] . x`. With AVX-512 the weights are
 /// widened in registers (bf16 to f32 is a 16-bit shift) instead of through a buffer,
 /// four rows at a time so each input vector is loaded once for four rows: the buffered
@@ -471,10 +478,7 @@ unsafe fn dot_bf16_single_avx512(w: &[bf16], x: &[f32], k: usize, first: usize, 
     assert!(w.len() >= (first + dst.len()) * k && x.len() >= k);
     let full = k / 16 * 16;
     // SAFETY (both closures): callers pass offsets below `full`, so 16 elements fit.
-    let widen = |p: *const half::bf16| unsafe {
-        let halves = _mm256_loadu_si256(p as *const __m256i);
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
-    };
+    let widen = |p: *const half::bf16| unsafe { widen16(p) };
     let input = |i: usize| unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
     let tail = |o: usize| -> f32 {
         w[o * k + full..(o + 1) * k]
@@ -559,13 +563,8 @@ fn dot_rows_bf16(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_eight_bf16_avx512(w: &[bf16], x: &[f32], stride: usize, dst: &mut [f32]) {
     use std::arch::x86_64::*;
-    let widen = |i: usize| {
-        // SAFETY: `eight_products` asks only for `i + 16 <= w.len()`.
-        unsafe {
-            let halves = _mm256_loadu_si256(w.as_ptr().add(i) as *const __m256i);
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
-        }
-    };
+    // SAFETY: `eight_products` asks only for `i + 16 <= w.len()`.
+    let widen = |i: usize| unsafe { widen16(w.as_ptr().add(i)) };
     // Half a KiB ahead, into the next rows past this one's end (a hint only).
     let ahead =
         |i: usize| _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(i + 256) as *const i8);
