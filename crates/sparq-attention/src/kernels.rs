@@ -77,8 +77,9 @@ pub(crate) const LANES: usize = 8;
 /// and gain from the wider registers, where the dot products are bound by loads.
 pub(crate) const EXP_LANES: usize = 16;
 
-/// Positions per block when SparQ accumulates approximate logits: the block of each of
-/// the `r` key rows and of the `g` logit rows stays in L1 while it is reused.
+/// Positions per block when [`column_logits`] accumulates logits (SparQ's approximate
+/// ones, and exact ones): the block of each key row read and of the `g` logit rows
+/// stays in cache while it is reused.
 pub(crate) const BLOCK: usize = 512;
 
 /// `a . b` for slices of equal length. Eight running sums, added up in order at the
