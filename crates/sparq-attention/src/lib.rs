@@ -6,7 +6,8 @@
 //! it against the model's [`ModelShape`] before any work, then [`MethodSpec::build`] an
 //! [`AttentionMethod`] per example and call [`AttentionMethod::attend`] once per decode
 //! step for every (branch, layer, KV head). [`transfer`] holds the cost formulas and
-//! [`mod@bench`] the `sparq bench attention` measurement.
+//! [`mod@bench`] the `sparq bench attention` measurement; [`team`] runs the short
+//! parallel phases of a decode step (the runner's and the bench's).
 
 pub mod bench;
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod method;
 pub mod oracle;
 pub mod sparq;
 pub mod spec;
+pub mod team;
 mod topk;
 pub mod transfer;
 

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use sparq_attention::{AttentionMethod, HeadKv, HeadState, KvView};
 
 use crate::llama::Branch;
-use crate::team::{Chunks, Team};
+use sparq_attention::team::{Chunks, Team};
 
 /// The lock's data, also after a panic elsewhere (the team re-raises that panic).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

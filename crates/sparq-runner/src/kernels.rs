@@ -6,7 +6,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::team::{Chunks, Team};
+use sparq_attention::team::{Chunks, Team};
 
 /// Fewest weight rows handed to one rayon task: enough to amortise scheduling.
 const MIN_ROWS_PER_TASK: usize = 32;

@@ -12,7 +12,6 @@ pub mod llama;
 pub mod model;
 pub mod rope;
 pub mod source;
-mod team;
 pub mod tokenizer;
 pub mod weights;
 

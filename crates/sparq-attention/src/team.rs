@@ -10,7 +10,9 @@
 //! calling thread does its share of every phase.
 //!
 //! One team serves the process. A second caller while it is busy (tests run
-//! concurrently) gets `None` from [`Team::with`] and falls back to rayon.
+//! concurrently) gets `None` from [`Team::with`] and falls back to rayon. The runner's
+//! decode step and `sparq bench attention` both run on it, so the bench times the
+//! attention step the way the runner dispatches it.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -134,7 +136,7 @@ fn helper(s: &Shared, index: usize) {
             }
             std::hint::spin_loop();
             spins += 1;
-            if spins.is_multiple_of(1024) && idle_since.elapsed() > SPIN {
+            if spins % 1024 == 0 && idle_since.elapsed() > SPIN {
                 let mut parked = s.parked.lock().unwrap_or_else(|p| p.into_inner());
                 *parked += 1;
                 while s.epoch.load(Ordering::Acquire) == seen {
