@@ -412,18 +412,22 @@ fn prefetch(row: &[f32]) {
     let _ = row;
 }
 
+/// While row `sel[j]` is read, asks for the key and value rows `AHEAD` positions on:
+/// the value rows too, which the weighted sum reads next, so that twice the loads are
+/// in flight during the key gather and the values are then found in cache.
+#[inline(always)]
+pub(crate) fn prefetch_ahead(kv: &KvView<'_>, sel: &[u32], j: usize) {
+    if let Some(&p) = sel.get(j + AHEAD) {
+        prefetch(kv.key(p as usize));
+        prefetch(kv.value(p as usize));
+    }
+}
+
 /// Exact logits of the positions `sel` into `logits` (`g x sel.len()`).
 #[inline(always)]
 pub(crate) fn subset_logits(qs: &[f32], kv: &KvView<'_>, sel: &[u32], logits: &mut [f32]) {
     let n = sel.len();
-    let ahead = |j: usize| {
-        if let Some(&p) = sel.get(j + AHEAD) {
-            prefetch(kv.key(p as usize));
-            // The value rows too, which the weighted sum reads next: twice the loads
-            // in flight during this gather, and that one then finds them in cache.
-            prefetch(kv.value(p as usize));
-        }
-    };
+    let ahead = |j: usize| prefetch_ahead(kv, sel, j);
     group_logits(
         qs,
         kv.head_dim(),

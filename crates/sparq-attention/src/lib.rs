@@ -20,6 +20,7 @@ pub mod method;
 pub mod oracle;
 pub mod sparq;
 pub mod spec;
+mod subset;
 pub mod team;
 mod topk;
 pub mod transfer;

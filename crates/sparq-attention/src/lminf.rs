@@ -6,6 +6,7 @@ use crate::cache::KvView;
 use crate::dense::check_shapes;
 use crate::kernels::{self, multiversion, with_scratch, Scratch};
 use crate::method::{AttentionMethod, HeadState, Trace};
+use crate::subset::attend_subset_one_pass;
 use crate::transfer::Budget;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,7 +67,7 @@ multiversion! {
             kernels::dense(q, kv, out, sc);
         } else {
             let Scratch { qs, weights, selected, .. } = sc;
-            kernels::attend_subset(q, kv, selected, out, qs, weights);
+            attend_subset_one_pass(q, kv, selected, out, qs, weights);
         }
     }
 }

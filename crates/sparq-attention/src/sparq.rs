@@ -6,6 +6,7 @@ use crate::cache::KvView;
 use crate::dense::check_shapes;
 use crate::kernels::{self, multiversion, slots, with_scratch, Scratch};
 use crate::method::{AttentionMethod, HeadState, Trace};
+use crate::subset::attend_subset_one_pass;
 use crate::topk::top_k;
 use crate::transfer::Budget;
 
@@ -180,16 +181,17 @@ multiversion! {
             None => None,
         };
         if let Some(a) = alpha {
+            // The selected logits are gathered first so that `exp` runs vectorised.
+            let picked = slots(weights, selected.len());
             for (h, zh) in z.chunks_exact(s).enumerate() {
                 let (m, inv) = norm[h];
-                let mut covered = 0.0;
-                for &p in selected.iter() {
-                    covered += kernels::exp(zh[p as usize] - m);
+                for (x, &p) in picked.iter_mut().zip(selected.iter()) {
+                    *x = zh[p as usize];
                 }
-                a[h] = (covered * inv).min(1.0);
+                a[h] = (kernels::exp_sum(picked, m) * inv).min(1.0);
             }
             // 5. Exact attention over the selection, then 6. mean-value reallocation.
-            kernels::attend_subset(q, kv, selected, out, qs, weights);
+            attend_subset_one_pass(q, kv, selected, out, qs, weights);
             if cfg.realloc {
                 let mut v_mean = vec![0.0; d];
                 kv.value_mean(&mut v_mean);
@@ -200,7 +202,7 @@ multiversion! {
                 }
             }
         } else {
-            kernels::attend_subset(q, kv, selected, out, qs, weights);
+            attend_subset_one_pass(q, kv, selected, out, qs, weights);
         }
     }
 }

@@ -136,7 +136,7 @@ fn helper(s: &Shared, index: usize) {
             }
             std::hint::spin_loop();
             spins += 1;
-            if spins % 1024 == 0 && idle_since.elapsed() > SPIN {
+            if spins.is_multiple_of(1024) && idle_since.elapsed() > SPIN {
                 let mut parked = s.parked.lock().unwrap_or_else(|p| p.into_inner());
                 *parked += 1;
                 while s.epoch.load(Ordering::Acquire) == seen {
