@@ -127,11 +127,17 @@ multiversion! {
                 *c = qh[i as usize] * inv_tau;
             }
         }
-        let z = slots(logits, g * s);
-        approx_logits(kv, i1, coef, g, z);
-
         // The softmax normalisers of s_hat, when anything needs probabilities.
         let need_alpha = alpha.is_some() || cfg.realloc;
+        // A group ranked by summed logits gets the sum in one pass from summed
+        // coefficients, sum_h coef_h . K[p, i1] = (sum_h coef_h) . K[p, i1], instead of
+        // g passes and a pass adding them up; the heads' own logits are computed only
+        // for alpha. Traced or not, the ranking is the same.
+        let summed = g > 1 && cfg.rank == Rank::Logits;
+        let z = slots(logits, g * s);
+        if !summed || need_alpha {
+            approx_logits(kv, i1, coef, g, z);
+        }
         // Plain loops, not iterator closures, here and below: a closure the compiler
         // does not inline is compiled without AVX2 and runs `exp` at half the width.
         let mut norm = Vec::new();
@@ -145,27 +151,31 @@ multiversion! {
         //    the rest until k + 1 positions are selected.
         let l = cfg.l.min(cfg.k);
         let n_cand = s - (l + 1);
-        let ranking: &[f32] = if g == 1 && cfg.rank == Rank::Logits {
-            &z[..n_cand]
-        } else {
-            let rk = slots(rank, n_cand);
-            rk.fill(0.0);
-            for (h, zh) in z.chunks_exact(s).enumerate() {
-                match cfg.rank {
-                    Rank::Logits => {
-                        for (a, &x) in rk.iter_mut().zip(zh) {
-                            *a += x;
-                        }
-                    }
-                    Rank::Probs => {
-                        let (m, inv) = norm[h];
-                        for (a, &x) in rk.iter_mut().zip(zh) {
-                            *a += kernels::exp(x - m) * inv;
-                        }
+        let ranking: &[f32] = match cfg.rank {
+            Rank::Logits if g == 1 => &z[..n_cand],
+            Rank::Logits => {
+                let coef_sum = slots(weights, r);
+                coef_sum.fill(0.0);
+                for ch in coef.chunks_exact(r) {
+                    for (a, &c) in coef_sum.iter_mut().zip(ch) {
+                        *a += c;
                     }
                 }
+                let rk = slots(rank, s);
+                approx_logits(kv, i1, coef_sum, 1, rk);
+                &rk[..n_cand]
             }
-            rk
+            Rank::Probs => {
+                let rk = slots(rank, n_cand);
+                rk.fill(0.0);
+                for (h, zh) in z.chunks_exact(s).enumerate() {
+                    let (m, inv) = norm[h];
+                    for (a, &x) in rk.iter_mut().zip(zh) {
+                        *a += kernels::exp(x - m) * inv;
+                    }
+                }
+                rk
+            }
         };
         top_k(ranking, cfg.k - l, top, selected);
         selected.extend(n_cand as u32..s as u32);
