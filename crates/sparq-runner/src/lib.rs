@@ -6,6 +6,7 @@ mod attend;
 pub mod config;
 pub mod error;
 pub mod export;
+mod flash;
 pub mod generate;
 pub mod kernels;
 pub mod llama;

@@ -12,6 +12,7 @@ use sparq_attention::{AttentionMethod, HeadKv, HeadState, ModelShape};
 
 use crate::config::LlamaConfig;
 use crate::error::{Result, RunnerError};
+use crate::flash;
 use crate::kernels::{self, WeightRows};
 use crate::rope::Rope;
 use crate::weights::LoadedWeights;
@@ -544,12 +545,27 @@ fn causal_attention(
         .rev()
         .flat_map(|b| (0..nkv).map(move |kvh| (kvh, b * PREFILL_BLOCK)))
         .collect();
+    // The fused kernel when it serves this CPU and shape; it does not report the mass.
+    let fused = !with_mass && flash::available(d);
+    let tiled: Vec<flash::TiledKeys> = if fused {
+        k.par_chunks(s * d)
+            .map(|kh| flash::TiledKeys::new(kh, s, d))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::with_capacity(blocks.len()));
     let threads = rayon::current_num_threads().max(1);
     (0..threads).into_par_iter().for_each(|_| {
         while let Some(&(kvh, start)) = blocks.get(next.fetch_add(1, Ordering::Relaxed)) {
-            let block = attend_block(q, k, v, (nh, nkv, s, d), kvh, start, with_mass);
+            let block = if fused {
+                let vh = &v[kvh * s * d..(kvh + 1) * s * d];
+                let out = attend_block_fused(q, &tiled[kvh], vh, (nh, nkv, s, d), kvh, start);
+                (out, Vec::new())
+            } else {
+                attend_block(q, k, v, (nh, nkv, s, d), kvh, start, with_mass)
+            };
             results
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -575,6 +591,28 @@ fn causal_attention(
         }
     }
     (attn, mass_all)
+}
+
+/// [`attend_block`] through the fused kernel, without the mass: the group's outputs
+/// (`[g][len][d]`).
+fn attend_block_fused(
+    q: &[f32],
+    keys: &flash::TiledKeys,
+    vh: &[f32],
+    (nh, nkv, s, d): (usize, usize, usize, usize),
+    kvh: usize,
+    start: usize,
+) -> Vec<f32> {
+    let g = nh / nkv;
+    let len = PREFILL_BLOCK.min(s - start);
+    let mut out = vec![0.0f32; g * len * d];
+    let scale = 1.0 / (d as f32).sqrt();
+    for (j, oj) in out.chunks_exact_mut(len * d).enumerate() {
+        let h = kvh * g + j;
+        let qh = &q[(h * s + start) * d..(h * s + start + len) * d];
+        flash::attend_rows(qh, keys, vh, (start, d), scale, oj);
+    }
+    out
 }
 
 /// One task of [`causal_attention`]: the queries `start..start + PREFILL_BLOCK` of
