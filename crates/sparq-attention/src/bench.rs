@@ -157,11 +157,11 @@ fn run_bench(
 
     let heads = synthetic_heads(cfg);
     let scrub = vec![1u8; big];
+    let methods: Vec<&dyn AttentionMethod> = built.iter().map(|(_, m)| m.as_ref()).collect();
+    let timed = time_methods(&methods, &heads, prompt_len, cfg, &scrub)?;
+    let (dense_time, dense_elements) = timed[0];
     let mut rows = Vec::new();
-    let mut dense: Option<(f64, u64)> = None;
-    for (name, method) in &built {
-        let (time_s, elements) = time_method(method.as_ref(), &heads, prompt_len, cfg, &scrub)?;
-        let (dense_time, dense_elements) = *dense.get_or_insert((time_s, elements));
+    for ((name, _), &(time_s, elements)) in built.iter().zip(&timed) {
         rows.push(BenchRow {
             method: name.clone(),
             seq_len: cfg.seq_len,
@@ -231,87 +231,108 @@ fn synthetic_heads(cfg: &BenchConfig) -> Vec<Head> {
         .collect()
 }
 
-/// Median seconds of one step over all heads, and the elements one head moves. The
-/// heads are handed out one at a time to the decode team (see [`crate::team`]), as the
-/// runner hands out its attention jobs; the eviction between steps runs on the same
-/// threads, so that the step starts with them awake, as it would after the previous
+/// For each method, the median seconds of one step over all heads and the elements one
+/// head moves. The methods' steps are interleaved, one step of each in turn per
+/// repeat, so that a drift in the shared machine's speed during the run reaches every
+/// method alike and leaves their ratios alone; timed one method after the other, the
+/// SparQ-over-dense ratio at S = 16,384, d = 64 ranged 0.53 to 0.67 of the predicted
+/// speed-up in consecutive runs.
+///
+/// The heads are handed out one at a time to the decode team (see [`crate::team`]),
+/// as the runner hands out its attention jobs; the eviction between steps runs on the
+/// same threads, so that a step starts with them awake, as it would after the previous
 /// phase of a real decode step. With rayon, waking its workers and the caller took 50
 /// to 100 µs a step on this project's 2-core virtual machine: a sixth of a SparQ step
 /// at S = 16,384, d = 64, and no part of the attention.
-fn time_method(
-    method: &dyn AttentionMethod,
+fn time_methods(
+    methods: &[&dyn AttentionMethod],
     heads: &[Head],
     prompt_len: usize,
     cfg: &BenchConfig,
     scrub: &[u8],
-) -> Result<(f64, u64), BenchError> {
-    let mass = method.needs_prompt_mass();
-    // One lock per head, taken once per step by the thread that attends it.
-    let slots: Vec<Mutex<(HeadState, Vec<f32>)>> = heads
+) -> Result<Vec<(f64, u64)>, BenchError> {
+    // Per method, one lock per head, taken once per step by the thread that attends it.
+    let slots: Vec<Vec<HeadSlot>> = methods
         .iter()
-        .map(|h| {
-            let state = method.init_state(prompt_len, mass.then_some(&h.prompt_mass[..]));
-            Mutex::new((state, vec![0.0; h.q.len()]))
+        .map(|method| {
+            let mass = method.needs_prompt_mass();
+            heads
+                .iter()
+                .map(|h| {
+                    let state = method.init_state(prompt_len, mass.then_some(&h.prompt_mass[..]));
+                    Mutex::new((state, vec![0.0; h.q.len()]))
+                })
+                .collect()
         })
         .collect();
-    let attend = |i: usize| -> u64 {
+    let attend = |m: usize, i: usize| -> u64 {
         let h = &heads[i];
-        let mut slot = lock(&slots[i]);
+        let mut slot = lock(&slots[m][i]);
         let (state, out) = &mut *slot;
-        method.attend(state, &h.q, &KvView::new(&h.prompt, &h.generated), out)
+        methods[m].attend(state, &h.q, &KvView::new(&h.prompt, &h.generated), out)
     };
-    let measure = |team: Option<&Team>| -> (u64, Vec<f64>) {
-        let step = || -> u64 {
+    let measure = |team: Option<&Team>| -> (Vec<u64>, Vec<Vec<f64>>) {
+        let step = |m: usize| -> u64 {
             match team {
                 Some(team) => {
                     let next = Chunks::new(heads.len(), 1);
                     let moved = AtomicU64::new(0);
                     team.run(&|_| {
                         while let Some(r) = next.next() {
-                            let n: u64 = r.map(attend).sum();
+                            let n: u64 = r.map(|i| attend(m, i)).sum();
                             moved.fetch_add(n, Ordering::Relaxed);
                         }
                     });
                     moved.into_inner()
                 }
-                None => (0..heads.len()).into_par_iter().map(attend).sum(),
+                None => (0..heads.len()).into_par_iter().map(|i| attend(m, i)).sum(),
             }
         };
-        // The first step warms the thread-local buffers and makes H2O's first eviction.
-        let elements = step();
-        let times = (0..cfg.repeats)
-            .map(|_| {
-                match team {
-                    Some(team) => {
-                        let next = Chunks::new(scrub.len(), EVICT_CHUNK);
-                        team.run(&|_| {
-                            while let Some(r) = next.next() {
-                                read_every_line(&scrub[r]);
-                            }
-                        });
+        let evict = || match team {
+            Some(team) => {
+                let next = Chunks::new(scrub.len(), EVICT_CHUNK);
+                team.run(&|_| {
+                    while let Some(r) = next.next() {
+                        read_every_line(&scrub[r]);
                     }
-                    None => evict_caches(scrub),
-                }
-                let t = Instant::now();
-                std::hint::black_box(step());
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
+                });
+            }
+            None => evict_caches(scrub),
+        };
+        // The first step warms the thread-local buffers and makes H2O's first eviction.
+        let elements = (0..methods.len()).map(step).collect();
+        let mut times = vec![Vec::with_capacity(cfg.repeats); methods.len()];
+        for _ in 0..cfg.repeats {
+            for (m, t) in times.iter_mut().enumerate() {
+                evict();
+                let start = Instant::now();
+                std::hint::black_box(step(m));
+                t.push(start.elapsed().as_secs_f64());
+            }
+        }
         (elements, times)
     };
     // The team is busy only when another bench or test holds it; rayon then serves.
-    let (elements, mut times) =
-        Team::with(|team| measure(Some(team))).unwrap_or_else(|| measure(None));
-    let finite = slots
-        .iter()
-        .all(|s| lock(s).1.iter().all(|x| x.is_finite()));
-    if !finite {
-        return Err(BenchError::NonFinite {
-            method: method.describe(),
-        });
+    let (elements, times) = Team::with(|team| measure(Some(team))).unwrap_or_else(|| measure(None));
+    for (m, method) in methods.iter().enumerate() {
+        if !slots[m]
+            .iter()
+            .all(|s| lock(s).1.iter().all(|x| x.is_finite()))
+        {
+            return Err(BenchError::NonFinite {
+                method: method.describe(),
+            });
+        }
     }
-    Ok((median(&mut times), elements / heads.len() as u64))
+    Ok(elements
+        .into_iter()
+        .zip(times)
+        .map(|(e, mut t)| (median(&mut t), e / heads.len() as u64))
+        .collect())
 }
+
+/// One head's state under one method, and its output.
+type HeadSlot = Mutex<(HeadState, Vec<f32>)>;
 
 /// Bytes of the scrub buffer per piece handed out during the eviction.
 const EVICT_CHUNK: usize = 1 << 20;
