@@ -66,39 +66,50 @@ impl TiledKeys {
     }
 }
 
-/// Causal attention of query rows `q` (`len x d`, the first at position `start`) over
-/// the `keys` and values `v` (`s x d`) of one KV head: `out` (`len x d`) receives
-/// `softmax(scale * q_i . k_j, j <= start + i) . v`.
+/// Causal attention of query rows `q` (`len x d`, the first at position `start`, already
+/// multiplied by the score scale) over the `keys` and values `v` (`s x d`) of one KV
+/// head: row `i` of the output, `out[i * stride..i * stride + d]`, receives
+/// `softmax(q_i . k_j, j <= start + i) . v`. The rest of `out` is not touched, so the
+/// heads of a position can sit side by side in one row.
 ///
 /// # Panics
-/// When [`available`] is false for `d`, or the keys or values end before the last
-/// query's position.
+/// When [`available`] is false for `d`, the keys or values end before the last query's
+/// position, or `out` is too short for `len` rows of `stride`.
 pub(crate) fn attend_rows(
     q: &[f32],
     keys: &TiledKeys,
     v: &[f32],
     (start, d): (usize, usize),
-    scale: f32,
     out: &mut [f32],
+    stride: usize,
 ) {
     assert!(
         available(d),
         "fused prefill attention needs AVX-512 and d of 64 or 128"
     );
     let len = q.len() / d;
-    assert!(len > 0 && out.len() == len * d);
+    assert!(len > 0 && stride >= d && out.len() >= (len - 1) * stride + d);
     assert!(keys.data.len() == d * keys.positions && start + len <= keys.positions);
     assert!(v.len() >= (start + len) * d);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F is present (checked by `available`); the kernels read the tiles
-    // up to the one holding the last query's position, which `keys` covers, and value
-    // rows only up to that position (asserted above).
+    // up to the one holding the last query's position, which `keys` covers, value rows
+    // only up to that position, and write `len` rows of `out` at `stride` (all
+    // asserted above).
     unsafe {
+        let out = Out { rows: out, stride };
         match d {
-            64 => rows_avx512::<4, 6>(q, &keys.data, v, start, scale, out),
-            _ => rows_avx512::<8, 3>(q, &keys.data, v, start, scale, out),
+            64 => rows_avx512::<4, 6>(q, &keys.data, v, start, out),
+            _ => rows_avx512::<8, 3>(q, &keys.data, v, start, out),
         }
     }
+}
+
+/// Output rows `stride` apart.
+#[cfg(target_arch = "x86_64")]
+struct Out<'a> {
+    rows: &'a mut [f32],
+    stride: usize,
 }
 
 /// The block of query rows tile by tile: each key tile and its value rows stay in L1
@@ -114,30 +125,22 @@ unsafe fn rows_avx512<const NV: usize, const R: usize>(
     kt: &[f32],
     v: &[f32],
     start: usize,
-    scale: f32,
-    out: &mut [f32],
+    out: Out<'_>,
 ) {
     let d = 16 * NV;
     let len = q.len() / d;
     let last = start + len - 1;
-    out.fill(0.0);
+    let Out { rows: out, stride } = out;
+    for i in 0..len {
+        out[i * stride..i * stride + d].fill(0.0);
+    }
     let mut m = vec![f32::NEG_INFINITY; len];
     let mut l = vec![0.0f32; len];
-    let tile = Tile { kt, v, scale };
+    let tile = Tile { kt, v };
     let mut t0 = 0;
     while t0 <= last {
         // Rows before the tile's first key see none of it.
         let mut i = t0.saturating_sub(start);
-        while i + R <= len {
-            let rows = Rows {
-                q: &q[i * d..],
-                first: start + i,
-                m: &mut m[i..],
-                l: &mut l[i..],
-            };
-            group_tile::<NV, R>(&tile, t0, rows, &mut out[i * d..]);
-            i += R;
-        }
         while i < len {
             let rows = Rows {
                 q: &q[i * d..],
@@ -145,25 +148,33 @@ unsafe fn rows_avx512<const NV: usize, const R: usize>(
                 m: &mut m[i..],
                 l: &mut l[i..],
             };
-            group_tile::<NV, 1>(&tile, t0, rows, &mut out[i * d..]);
-            i += 1;
+            let out = &mut out[i * stride..];
+            // Full groups, then one smaller group for the rows left over.
+            let taken = match len - i {
+                n if n >= R => group_tile::<NV, R>(&tile, t0, rows, out, stride),
+                1 => group_tile::<NV, 1>(&tile, t0, rows, out, stride),
+                2 => group_tile::<NV, 2>(&tile, t0, rows, out, stride),
+                3 => group_tile::<NV, 3>(&tile, t0, rows, out, stride),
+                4 => group_tile::<NV, 4>(&tile, t0, rows, out, stride),
+                _ => group_tile::<NV, 5>(&tile, t0, rows, out, stride),
+            };
+            i += taken;
         }
         t0 += KEY_TILE;
     }
-    for (row, &sum) in out.chunks_exact_mut(d).zip(&l) {
+    for (i, &sum) in l.iter().enumerate() {
         let inv = 1.0 / sum;
-        for x in row {
+        for x in &mut out[i * stride..i * stride + d] {
             *x *= inv;
         }
     }
 }
 
-/// The keys and values a tile is cut from, and the score scale.
+/// The keys and values a tile is cut from.
 #[cfg(target_arch = "x86_64")]
 struct Tile<'a> {
     kt: &'a [f32],
     v: &'a [f32],
-    scale: f32,
 }
 
 /// A group of consecutive query rows and their running softmax state.
@@ -177,7 +188,8 @@ struct Rows<'a> {
 }
 
 /// `R` rows over the key tile starting at `t0`: scores in registers, the online
-/// softmax update, and the weighted values added to the rows' outputs in `out`.
+/// softmax update, and the weighted values added to the rows' outputs (`stride` apart
+/// in `out`). Returns `R`, the rows taken.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // indices name the registers of a tile
@@ -186,7 +198,8 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
     t0: usize,
     rows: Rows<'_>,
     out: &mut [f32],
-) {
+    stride: usize,
+) -> usize {
     let d = 16 * NV;
     let Rows { q, first, m, l } = rows;
     // Scores of the tile: s[r][w] holds keys t0 + 16w .. t0 + 16w + 15.
@@ -210,12 +223,10 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
         // Keys after this row's position are masked (only in the diagonal tiles).
         let valid = (first + r + 1).saturating_sub(t0).min(KEY_TILE);
         let mut masks = [0 as __mmask16; 4];
-        let mut scaled = [_mm512_setzero_ps(); 4];
         let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
         for w in 0..4 {
             masks[w] = lanes_below(valid.saturating_sub(16 * w));
-            scaled[w] = _mm512_mul_ps(s[r][w], _mm512_set1_ps(tile.scale));
-            mx = _mm512_mask_max_ps(mx, masks[w], mx, scaled[w]);
+            mx = _mm512_mask_max_ps(mx, masks[w], mx, s[r][w]);
         }
         let tile_max = _mm512_reduce_max_ps(mx);
         if tile_max > m[r] {
@@ -231,7 +242,7 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
         let mv = _mm512_set1_ps(m[r]);
         let mut sum = _mm512_setzero_ps();
         for w in 0..4 {
-            let e = _mm512_maskz_mov_ps(masks[w], exp512(_mm512_sub_ps(scaled[w], mv)));
+            let e = _mm512_maskz_mov_ps(masks[w], exp512(_mm512_sub_ps(s[r][w], mv)));
             sum = _mm512_add_ps(sum, e);
             _mm512_storeu_ps(p[r].as_mut_ptr().add(16 * w), e);
         }
@@ -243,7 +254,7 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
     for r in 0..R {
         let a = _mm512_set1_ps(alpha[r]);
         for c in 0..NV {
-            o[r][c] = _mm512_mul_ps(_mm512_loadu_ps(out.as_ptr().add(r * d + 16 * c)), a);
+            o[r][c] = _mm512_mul_ps(_mm512_loadu_ps(out.as_ptr().add(r * stride + 16 * c)), a);
         }
     }
     let keys = (first + R - t0).min(KEY_TILE);
@@ -262,9 +273,10 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
     }
     for r in 0..R {
         for c in 0..NV {
-            _mm512_storeu_ps(out.as_mut_ptr().add(r * d + 16 * c), o[r][c]);
+            _mm512_storeu_ps(out.as_mut_ptr().add(r * stride + 16 * c), o[r][c]);
         }
     }
+    R
 }
 
 /// The mask of the first `n` of 16 lanes (all of them from 16 on).
@@ -326,7 +338,7 @@ mod tests {
     use super::*;
 
     /// Softmax attention of one query row in f64, for comparison.
-    fn reference(qi: &[f32], k: &[f32], v: &[f32], pos: usize, d: usize, scale: f64) -> Vec<f64> {
+    fn reference(qi: &[f32], k: &[f32], v: &[f32], pos: usize, d: usize) -> Vec<f64> {
         let logits: Vec<f64> = (0..=pos)
             .map(|j| {
                 let kj = &k[j * d..(j + 1) * d];
@@ -334,7 +346,6 @@ mod tests {
                     .zip(kj)
                     .map(|(&a, &b)| f64::from(a) * f64::from(b))
                     .sum::<f64>()
-                    * scale
             })
             .collect();
         let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -370,28 +381,36 @@ mod tests {
             let v: Vec<f32> = (0..s * d).map(|_| rnd()).collect();
             let keys = TiledKeys::new(&k, s, d);
             let scale = 1.0 / (d as f32).sqrt();
-            // Blocks that start mid-tile and end at the cache's last position.
-            for (start, len) in [(0, 13), (61, 70), (130, 73)] {
-                let q: Vec<f32> = (0..len * d).map(|_| 3.0 * rnd()).collect();
-                let mut out = vec![0.0f32; len * d];
-                attend_rows(&q, &keys, &v, (start, d), scale, &mut out);
+            // Output rows with room for another head beside them, which must stay as it
+            // was.
+            let stride = d + 16;
+            // Blocks that start mid-tile and end at the cache's last position, with
+            // every count of rows left over after the full groups.
+            for (start, len) in [
+                (0, 13),
+                (61, 70),
+                (130, 73),
+                (3, 5),
+                (64, 2),
+                (199, 4),
+                (90, 9),
+            ] {
+                let q: Vec<f32> = (0..len * d).map(|_| 3.0 * scale * rnd()).collect();
+                let mut out = vec![7.0f32; len * stride];
+                attend_rows(&q, &keys, &v, (start, d), &mut out, stride);
                 for i in 0..len {
-                    let want = reference(
-                        &q[i * d..(i + 1) * d],
-                        &k,
-                        &v,
-                        start + i,
-                        d,
-                        f64::from(scale),
-                    );
+                    let want = reference(&q[i * d..(i + 1) * d], &k, &v, start + i, d);
                     for (c, w) in want.iter().enumerate() {
-                        let got = f64::from(out[i * d + c]);
+                        let got = f64::from(out[i * stride + c]);
                         assert!(
                             (got - w).abs() < 1e-5,
                             "d={d} row {}: {got} vs {w}",
                             start + i
                         );
                     }
+                    assert!(out[i * stride + d..(i + 1) * stride]
+                        .iter()
+                        .all(|&x| x == 7.0));
                 }
             }
         }

@@ -605,12 +605,37 @@ fn dot_rows_bf16_generic(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
 /// In-place RMS normalisation of each `weight.len()`-long row of `x`.
 pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     for row in x.chunks_mut(weight.len()) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
-        let scale = 1.0 / (ms + eps).sqrt();
+        let scale = inverse_rms(row, eps);
         for (v, w) in row.iter_mut().zip(weight) {
             *v = *v * scale * w;
         }
     }
+}
+
+/// [`rms_norm`] of the rows of `x`, written to `out` (the same length).
+pub fn rms_norm_to(x: &[f32], out: &mut [f32], weight: &[f32], eps: f32) {
+    assert_eq!(x.len(), out.len());
+    for (row, out) in x.chunks(weight.len()).zip(out.chunks_mut(weight.len())) {
+        let scale = inverse_rms(row, eps);
+        for ((o, v), w) in out.iter_mut().zip(row).zip(weight) {
+            *o = *v * scale * w;
+        }
+    }
+}
+
+/// `1 / sqrt(mean(x^2) + eps)`. The squares go into 16 running sums, which the
+/// compiler keeps in vector registers (one running sum would chain every addition).
+fn inverse_rms(row: &[f32], eps: f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (acc, v) in lanes.iter_mut().zip(chunk) {
+            *acc += v * v;
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    let ms = (lanes.iter().sum::<f32>() + tail) / row.len() as f32;
+    1.0 / (ms + eps).sqrt()
 }
 
 /// Index of the largest value (the first one on ties, as `torch.argmax`).

@@ -3,6 +3,7 @@
 //! carry their own attention method, and teacher-forced scoring.
 
 mod attend;
+mod causal;
 pub mod config;
 pub mod error;
 pub mod export;

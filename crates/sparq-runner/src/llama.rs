@@ -3,16 +3,14 @@
 //! `sparq_attention` method. Weight names mirror the Hugging Face checkpoints.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 use sparq_attention::{AttentionMethod, HeadKv, HeadState, ModelShape};
 
+use crate::causal::{causal_attention, Heads};
 use crate::config::LlamaConfig;
 use crate::error::{Result, RunnerError};
-use crate::flash;
 use crate::kernels::{self, WeightRows};
 use crate::rope::Rope;
 use crate::weights::LoadedWeights;
@@ -38,35 +36,37 @@ impl std::str::FromStr for WeightDtype {
     }
 }
 
-/// Query rows per block in prefill attention: later blocks see more keys, and no block
-/// computes scores for keys after its last query.
-const PREFILL_BLOCK: usize = 128;
-
 /// A weight matrix `[out, in]`, kept as a candle tensor (for prefill matmuls) whose
 /// storage the decode kernels read directly.
 struct Linear {
     weight: Tensor,
     out_dim: usize,
+    in_dim: usize,
 }
 
 impl Linear {
     fn new(weight: Tensor, dtype: WeightDtype) -> Result<Self> {
-        let out_dim = weight.dim(0)?;
+        let (out_dim, in_dim) = weight.dims2()?;
         let weight = match dtype {
             WeightDtype::F32 => weight.to_dtype(DType::F32)?,
             WeightDtype::Bf16 => weight.to_dtype(DType::BF16)?,
         }
         .contiguous()?;
-        Ok(Self { weight, out_dim })
+        Ok(Self {
+            weight,
+            out_dim,
+            in_dim,
+        })
     }
 
     /// Many rows at once (prefill): `out (m x out) = x (m x in) . W^T`, or `out +=`
     /// that product when `accumulate` (the residual connection, added by the matrix
-    /// product itself instead of a separate pass).
-    fn forward_many(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool) {
+    /// product itself instead of a separate pass). Row `i` of `x` starts at `i * lda`
+    /// (`lda` at least `in`), so that the input can be the left part of wider rows.
+    fn forward_many(&self, x: &[f32], (m, lda): (usize, usize), out: &mut [f32], accumulate: bool) {
         let n = self.out_dim;
-        let k = x.len() / m.max(1);
-        assert_eq!(x.len(), m * k);
+        let k = self.in_dim;
+        assert!(lda >= k && (m == 0 || x.len() >= (m - 1) * lda + k));
         assert_eq!(out.len(), m * n);
         let (storage, layout) = self.weight.storage_and_layout();
         let start = layout.start_offset();
@@ -97,12 +97,13 @@ impl Linear {
         let threads = rayon::current_num_threads().max(1);
         let band = m.div_ceil(threads).max(1);
         out.par_chunks_mut(band * n)
-            .zip(x.par_chunks(band * k))
-            .for_each(|(out, x)| {
-                let rows = x.len() / k.max(1);
-                // SAFETY: `out` is `rows x n` row-major, `x` is `rows x k` row-major
-                // and `w` is `n x k` row-major, read as its transpose `k x n` (column
-                // stride `k`); the sizes were checked above.
+            .enumerate()
+            .for_each(|(b, out)| {
+                let rows = out.len() / n;
+                let x = &x[b * band * lda..];
+                // SAFETY: `out` is `rows x n` row-major, `x` holds `rows` rows of `k`
+                // at stride `lda` (checked above for all `m` rows) and `w` is `n x k`
+                // row-major, read as its transpose `k x n` (column stride `k`).
                 unsafe {
                     gemm::gemm(
                         rows,
@@ -114,7 +115,7 @@ impl Linear {
                         accumulate,
                         x.as_ptr(),
                         1,
-                        k as isize,
+                        lda as isize,
                         w.as_ptr(),
                         k as isize,
                         1,
@@ -282,37 +283,39 @@ impl Llama {
         }
     }
 
-    /// Dense causal prefill of `tokens`; keeps the KV cache and, when `with_mass`, the
-    /// attention mass each position received (H2O's initial scores).
     /// Splits the projected rows (`s x qkv_dim`, per row the query heads, then the
     /// key heads, then the value heads) into head-major `q` (`nh x s x d`), `k` and `v`
-    /// (`nkv x s x d`), rotating queries and keys for their positions.
-    fn split_heads(&self, qkv: &[f32], s: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    /// (`nkv x s x d`), rotating queries and keys for their positions. The queries are
+    /// also multiplied by the score scale `1 / sqrt(d)`, once here rather than in every
+    /// score.
+    fn split_heads(&self, qkv: &[f32], s: usize, (q, k, v): (&mut [f32], &mut [f32], &mut [f32])) {
         let c = &self.config;
         let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let qkv_dim = (nh + 2 * nkv) * d;
-        let mut q = vec![0.0f32; nh * s * d];
-        let mut k = vec![0.0f32; nkv * s * d];
-        let mut v = vec![0.0f32; nkv * s * d];
+        let scale = 1.0 / (d as f32).sqrt();
         // Head `j` of the combined row (queries, keys, values in turn) goes to one
         // head-major destination; each task fills one head for every position.
         let dests = q
             .par_chunks_mut(s * d)
-            .map(|h| (h, true))
-            .chain(k.par_chunks_mut(s * d).map(|h| (h, true)))
-            .chain(v.par_chunks_mut(s * d).map(|h| (h, false)));
-        dests.enumerate().for_each(|(j, (dst, rotate))| {
+            .map(|h| (h, Some(scale)))
+            .chain(k.par_chunks_mut(s * d).map(|h| (h, Some(1.0))))
+            .chain(v.par_chunks_mut(s * d).map(|h| (h, None)));
+        dests.enumerate().for_each(|(j, (dst, rotate_and_scale))| {
             for (p, row) in dst.chunks_mut(d).enumerate() {
                 let src = &qkv[p * qkv_dim + j * d..p * qkv_dim + (j + 1) * d];
                 row.copy_from_slice(src);
-                if rotate {
+                if let Some(scale) = rotate_and_scale {
                     self.rope.apply(row, p);
+                    if scale != 1.0 {
+                        row.iter_mut().for_each(|x| *x *= scale);
+                    }
                 }
             }
         });
-        (q, k, v)
     }
 
+    /// Dense causal prefill of `tokens`; keeps the KV cache and, when `with_mass`, the
+    /// attention mass each position received (H2O's initial scores).
     pub fn prefill(&self, tokens: &[u32], with_mass: bool) -> Result<PromptCache> {
         let c = &self.config;
         let s = tokens.len();
@@ -335,29 +338,53 @@ impl Llama {
         let mut x = f32_vec(self.embed.index_select(&ids, 0)?)?;
         let mut kv = Vec::with_capacity(c.num_hidden_layers);
         let mut mass_all = with_mass.then(Vec::new);
+        // Buffers reused by every layer.
         let mut hn = vec![0.0f32; s * h];
         let mut qkv = vec![0.0f32; s * qkv_dim];
+        let mut q = vec![0.0f32; nh * s * d];
+        let mut k = vec![0.0f32; nkv * s * d];
+        let mut v = vec![0.0f32; nkv * s * d];
+        let mut attn = vec![0.0f32; s * nh * d];
         let mut gu = vec![0.0f32; s * 2 * i_dim];
-        let mut act = vec![0.0f32; s * i_dim];
-        for layer in &self.layers {
+        for (li, layer) in self.layers.iter().enumerate() {
             // 2. attention block: norm, projections, rotary embedding
             rms_norm_rows(&x, &mut hn, &layer.input_norm, eps);
-            layer.qkv.forward_many(&hn, s, &mut qkv, false);
-            let (q, k, v) = self.split_heads(&qkv, s);
-            // 3. causal attention, block by block; the output projection adds itself
-            //    to the residual stream
-            let (attn, mass) = causal_attention(&q, &k, &v, (nh, nkv, s, d), with_mass);
-            layer.o.forward_many(&attn, s, &mut x, true);
-            // 4. MLP block
-            rms_norm_rows(&x, &mut hn, &layer.post_attention_norm, eps);
-            layer.gate_up.forward_many(&hn, s, &mut gu, false);
-            act.par_chunks_mut(i_dim)
-                .zip(gu.par_chunks(2 * i_dim))
-                .for_each(|(a, row)| {
-                    a.copy_from_slice(&row[..i_dim]);
-                    sparq_attention::silu_mul(a, &row[i_dim..]);
-                });
-            layer.down.forward_many(&act, s, &mut x, true);
+            layer.qkv.forward_many(&hn, (s, h), &mut qkv, false);
+            self.split_heads(&qkv, s, (&mut q, &mut k, &mut v));
+            // Past the last layer's keys and values only the last position's output
+            // counts (the logits come from it), unless H2O needs every query's mass.
+            let first = if li + 1 == self.layers.len() && !with_mass {
+                s - 1
+            } else {
+                0
+            };
+            let rows = s - first;
+            // 3. causal attention of the rows `first..s`; the output projection adds
+            //    itself to the residual stream
+            let heads = Heads {
+                q: &q,
+                k: &k,
+                v: &v,
+                nh,
+                nkv,
+                s,
+                d,
+            };
+            let attn = &mut attn[..rows * nh * d];
+            let mass = causal_attention(&heads, first, with_mass, attn);
+            let x = &mut x[first * h..];
+            layer.o.forward_many(attn, (rows, nh * d), x, true);
+            // 4. MLP block: SiLU(gate) * up overwrites the gate half of each row, which
+            //    the down projection then reads in place
+            let hn = &mut hn[..rows * h];
+            rms_norm_rows(x, hn, &layer.post_attention_norm, eps);
+            let gu = &mut gu[..rows * 2 * i_dim];
+            layer.gate_up.forward_many(hn, (rows, h), gu, false);
+            gu.par_chunks_mut(2 * i_dim).for_each(|row| {
+                let (gate, up) = row.split_at_mut(i_dim);
+                sparq_attention::silu_mul(gate, up);
+            });
+            layer.down.forward_many(gu, (rows, 2 * i_dim), x, true);
             // 5. keep this layer's cache
             kv.push(
                 k.par_chunks(s * d)
@@ -517,205 +544,5 @@ impl Llama {
 fn rms_norm_rows(x: &[f32], out: &mut [f32], weight: &[f32], eps: f32) {
     out.par_chunks_mut(weight.len() * 16)
         .zip(x.par_chunks(weight.len() * 16))
-        .for_each(|(o, x)| {
-            o.copy_from_slice(x);
-            kernels::rms_norm(o, weight, eps);
-        });
-}
-
-/// Causal attention of `q` (`[nh, s, d]`, row-major) over `k`, `v` (`[nkv, s, d]`),
-/// with `g` query heads per KV head; returns the output as `[s, nh * d]` (the layout
-/// the output projection reads) and, when asked, the attention mass each position
-/// received from all queries (`[nkv][s]`, averaged over each group).
-///
-/// Work goes in (KV head, query block) tasks: a block scores only the keys up to its
-/// last query, so no masked score is computed beyond the block's diagonal.
-fn causal_attention(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    (nh, nkv, s, d): (usize, usize, usize, usize),
-    with_mass: bool,
-) -> (Vec<f32>, Option<Vec<Vec<f32>>>) {
-    let g = nh / nkv;
-    // Blocks later in the prompt score more keys. Threads take blocks from one counter,
-    // longest first, so that the last ones to finish are short (rayon's halving split
-    // could leave one thread idle for up to a long block).
-    let blocks: Vec<(usize, usize)> = (0..s.div_ceil(PREFILL_BLOCK))
-        .rev()
-        .flat_map(|b| (0..nkv).map(move |kvh| (kvh, b * PREFILL_BLOCK)))
-        .collect();
-    // The fused kernel when it serves this CPU and shape; it does not report the mass.
-    let fused = !with_mass && flash::available(d);
-    let tiled: Vec<flash::TiledKeys> = if fused {
-        k.par_chunks(s * d)
-            .map(|kh| flash::TiledKeys::new(kh, s, d))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let next = AtomicUsize::new(0);
-    let results = Mutex::new(Vec::with_capacity(blocks.len()));
-    let threads = rayon::current_num_threads().max(1);
-    (0..threads).into_par_iter().for_each(|_| {
-        while let Some(&(kvh, start)) = blocks.get(next.fetch_add(1, Ordering::Relaxed)) {
-            let block = if fused {
-                let vh = &v[kvh * s * d..(kvh + 1) * s * d];
-                let out = attend_block_fused(q, &tiled[kvh], vh, (nh, nkv, s, d), kvh, start);
-                (out, Vec::new())
-            } else {
-                attend_block(q, k, v, (nh, nkv, s, d), kvh, start, with_mass)
-            };
-            results
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((kvh, start, block));
-        }
-    });
-    let mut attn = vec![0.0f32; s * nh * d];
-    let mut mass_all = with_mass.then(|| vec![vec![0.0f32; s]; nkv]);
-    for (kvh, start, (out, mass)) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        let len = out.len() / (g * d);
-        for j in 0..g {
-            let h = kvh * g + j;
-            for i in 0..len {
-                let dst = (start + i) * nh * d + h * d;
-                attn[dst..dst + d].copy_from_slice(&out[(j * len + i) * d..(j * len + i + 1) * d]);
-            }
-        }
-        if let Some(all) = mass_all.as_mut() {
-            all[kvh][..mass.len()]
-                .iter_mut()
-                .zip(&mass)
-                .for_each(|(a, m)| *a += m);
-        }
-    }
-    (attn, mass_all)
-}
-
-/// [`attend_block`] through the fused kernel, without the mass: the group's outputs
-/// (`[g][len][d]`).
-fn attend_block_fused(
-    q: &[f32],
-    keys: &flash::TiledKeys,
-    vh: &[f32],
-    (nh, nkv, s, d): (usize, usize, usize, usize),
-    kvh: usize,
-    start: usize,
-) -> Vec<f32> {
-    let g = nh / nkv;
-    let len = PREFILL_BLOCK.min(s - start);
-    let mut out = vec![0.0f32; g * len * d];
-    let scale = 1.0 / (d as f32).sqrt();
-    for (j, oj) in out.chunks_exact_mut(len * d).enumerate() {
-        let h = kvh * g + j;
-        let qh = &q[(h * s + start) * d..(h * s + start + len) * d];
-        flash::attend_rows(qh, keys, vh, (start, d), scale, oj);
-    }
-    out
-}
-
-/// One task of [`causal_attention`]: the queries `start..start + PREFILL_BLOCK` of
-/// KV head `kvh`'s group. Returns their outputs (`[g][len][d]`) and, when
-/// `with_mass`, the probability mass each key up to the block's end received.
-fn attend_block(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    (nh, nkv, s, d): (usize, usize, usize, usize),
-    kvh: usize,
-    start: usize,
-    with_mass: bool,
-) -> (Vec<f32>, Vec<f32>) {
-    let g = nh / nkv;
-    let scale = 1.0 / (d as f32).sqrt();
-    let len = PREFILL_BLOCK.min(s - start);
-    let end = start + len;
-    let kh = &k[kvh * s * d..(kvh + 1) * s * d];
-    let vh = &v[kvh * s * d..(kvh + 1) * s * d];
-    let mut out = vec![0.0f32; g * len * d];
-    let mut mass = if with_mass {
-        vec![0.0f32; end]
-    } else {
-        Vec::new()
-    };
-    let mut scores = vec![0.0f32; len * end];
-    let mut row_sums = vec![1.0f32; len];
-    for j in 0..g {
-        let h = kvh * g + j;
-        let qh = &q[(h * s + start) * d..(h * s + end) * d];
-        // SAFETY: every pointer/stride pair addresses only the slices above:
-        // scores `len x end`, q rows `len x d`, keys `end x d` read transposed.
-        unsafe {
-            gemm::gemm(
-                len,
-                end,
-                d,
-                scores.as_mut_ptr(),
-                1,
-                end as isize,
-                false,
-                qh.as_ptr(),
-                1,
-                d as isize,
-                kh.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        for (i, row) in scores.chunks_mut(end).enumerate() {
-            let valid = start + i + 1;
-            let (live, masked) = row.split_at_mut(valid);
-            if with_mass {
-                sparq_attention::softmax_in_place(live);
-                mass[..valid]
-                    .iter_mut()
-                    .zip(live.iter())
-                    .for_each(|(m, p)| *m += p / g as f32);
-            } else {
-                // Unnormalised: the `d`-wide output row is divided below, which is
-                // cheaper than dividing the `valid`-wide row of weights.
-                row_sums[i] = sparq_attention::exp_shifted_in_place(live);
-            }
-            masked.fill(0.0);
-        }
-        let oj = &mut out[j * len * d..(j + 1) * len * d];
-        // SAFETY: output `len x d`, weights `len x end`, values `end x d`.
-        unsafe {
-            gemm::gemm(
-                len,
-                d,
-                end,
-                oj.as_mut_ptr(),
-                1,
-                d as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                end as isize,
-                vh.as_ptr(),
-                1,
-                d as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        if !with_mass {
-            for (row, sum) in oj.chunks_mut(d).zip(&row_sums) {
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
-            }
-        }
-    }
-    (out, mass)
+        .for_each(|(o, x)| kernels::rms_norm_to(x, o, weight, eps));
 }
