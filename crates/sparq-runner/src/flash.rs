@@ -135,7 +135,8 @@ unsafe fn rows_avx512<const NV: usize, const R: usize>(
         out[i * stride..i * stride + d].fill(0.0);
     }
     let mut m = vec![f32::NEG_INFINITY; len];
-    let mut l = vec![0.0f32; len];
+    // Each row's running sum in 16 lanes, added up at the end.
+    let mut l = vec![0.0f32; 16 * len];
     let tile = Tile { kt, v };
     let mut t0 = 0;
     while t0 <= last {
@@ -146,7 +147,7 @@ unsafe fn rows_avx512<const NV: usize, const R: usize>(
                 q: &q[i * d..],
                 first: start + i,
                 m: &mut m[i..],
-                l: &mut l[i..],
+                l: &mut l[16 * i..],
             };
             let out = &mut out[i * stride..];
             // Full groups, then one smaller group for the rows left over.
@@ -162,8 +163,8 @@ unsafe fn rows_avx512<const NV: usize, const R: usize>(
         }
         t0 += KEY_TILE;
     }
-    for (i, &sum) in l.iter().enumerate() {
-        let inv = 1.0 / sum;
+    for (i, lanes) in l.chunks_exact(16).enumerate() {
+        let inv = 1.0 / lanes.iter().sum::<f32>();
         for x in &mut out[i * stride..i * stride + d] {
             *x *= inv;
         }
@@ -184,6 +185,7 @@ struct Rows<'a> {
     /// Position of the first row.
     first: usize,
     m: &'a mut [f32],
+    /// Running sums, 16 lanes per row.
     l: &'a mut [f32],
 }
 
@@ -217,18 +219,30 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
             }
         }
     }
-    let mut p = [[0.0f32; KEY_TILE]; R];
+    // Every lane of `p` is written below before the weighted sum reads it.
+    let mut p = std::mem::MaybeUninit::<[[f32; KEY_TILE]; R]>::uninit();
+    let p = p.as_mut_ptr() as *mut f32;
     let mut alpha = [1.0f32; R];
+    // Whether some key of the tile lies after some row's position (a diagonal tile).
+    let diagonal = t0 + KEY_TILE > first + 1;
     for r in 0..R {
-        // Keys after this row's position are masked (only in the diagonal tiles).
+        // Keys after this row's position are masked.
         let valid = (first + r + 1).saturating_sub(t0).min(KEY_TILE);
-        let mut masks = [0 as __mmask16; 4];
-        let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-        for w in 0..4 {
-            masks[w] = lanes_below(valid.saturating_sub(16 * w));
-            mx = _mm512_mask_max_ps(mx, masks[w], mx, s[r][w]);
+        let mut masks = [0xFFFF as __mmask16; 4];
+        let mut mx = _mm512_max_ps(
+            _mm512_max_ps(s[r][0], s[r][1]),
+            _mm512_max_ps(s[r][2], s[r][3]),
+        );
+        if diagonal {
+            mx = _mm512_set1_ps(f32::NEG_INFINITY);
+            for w in 0..4 {
+                masks[w] = lanes_below(valid.saturating_sub(16 * w));
+                mx = _mm512_mask_max_ps(mx, masks[w], mx, s[r][w]);
+            }
         }
         let tile_max = _mm512_reduce_max_ps(mx);
+        let lr = l.as_mut_ptr().add(16 * r);
+        let mut sum = _mm512_loadu_ps(lr);
         if tile_max > m[r] {
             // A row's first tile holds its first key, so `m` is finite from then on.
             alpha[r] = if m[r] == f32::NEG_INFINITY {
@@ -236,17 +250,16 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
             } else {
                 exp_scalar(m[r] - tile_max)
             };
-            l[r] *= alpha[r];
+            sum = _mm512_mul_ps(sum, _mm512_set1_ps(alpha[r]));
             m[r] = tile_max;
         }
         let mv = _mm512_set1_ps(m[r]);
-        let mut sum = _mm512_setzero_ps();
         for w in 0..4 {
             let e = _mm512_maskz_mov_ps(masks[w], exp512(_mm512_sub_ps(s[r][w], mv)));
             sum = _mm512_add_ps(sum, e);
-            _mm512_storeu_ps(p[r].as_mut_ptr().add(16 * w), e);
+            _mm512_storeu_ps(p.add(r * KEY_TILE + 16 * w), e);
         }
-        l[r] += _mm512_reduce_add_ps(sum);
+        _mm512_storeu_ps(lr, sum);
     }
     // The tile's weighted values. Keys past the group's last position have weight 0 in
     // every row and are not read (they may lie past the cache's end).
@@ -265,7 +278,7 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
             *x = _mm512_loadu_ps(vrow.add(16 * c));
         }
         for r in 0..R {
-            let w = _mm512_set1_ps(p[r][j]);
+            let w = _mm512_set1_ps(*p.add(r * KEY_TILE + j));
             for c in 0..NV {
                 o[r][c] = _mm512_fmadd_ps(w, vv[c], o[r][c]);
             }
@@ -290,40 +303,24 @@ fn lanes_below(n: usize) -> __mmask16 {
     }
 }
 
-/// `e^x` on 16 lanes, as `sparq_attention`'s scalar `exp` computes it (Cody-Waite range
-/// reduction, degree-7 Taylor polynomial) but with fused multiply-adds.
+/// `e^x` on 16 lanes: `x = n ln 2 + t` with `|t| <= ln 2 / 2` (Cody-Waite: `ln 2` in
+/// two parts), a degree-6 Taylor polynomial for `e^t` (relative error below 1.3e-7,
+/// about one unit in the last place), and `2^n` applied by `vscalefps`, which gives 0
+/// for very negative `x` and infinity for large `x` without clamping.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn exp512(x: __m512) -> __m512 {
-    const ROUND: f32 = 12_582_912.0;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let x = _mm512_min_ps(
-        _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
-        _mm512_set1_ps(88.0),
-    );
-    let round = _mm512_set1_ps(ROUND);
-    let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), round);
-    let n = _mm512_sub_ps(shifted, round);
+    // Round to nearest.
+    let n = _mm512_roundscale_ps::<0>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
     let t = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     let t = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), t);
-    let mut poly = _mm512_set1_ps(1.0 / 5040.0);
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
+    let mut poly = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
         poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
     }
-    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-        _mm512_castps_si512(shifted),
-        _mm512_set1_epi32(127),
-    ));
-    _mm512_mul_ps(poly, _mm512_castsi512_ps(bits))
+    _mm512_scalef_ps(poly, n)
 }
 
 /// One `e^x`, the same way.
