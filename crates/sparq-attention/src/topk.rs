@@ -6,6 +6,10 @@
 
 use crate::kernels::{slots, LANES};
 
+/// Spare slots the packing passes need past their input's length: they store whole
+/// vectors of up to 16 lanes and advance by the lanes kept.
+const SPARE: usize = 16;
+
 /// Buffers of the top-k selection.
 #[derive(Default)]
 pub(crate) struct TopK {
@@ -86,18 +90,18 @@ fn top_k_sampled(scores: &[f32], k: usize, buf: &mut TopK, out: &mut Vec<u32>) -
     if lo.is_nan() {
         return false;
     }
-    let ids = slots(&mut buf.list, n + LANES);
-    let vals = slots(&mut buf.cand_vals, n + LANES);
+    let ids = slots(&mut buf.list, n + SPARE);
+    let vals = slots(&mut buf.cand_vals, n + SPARE);
     let m = pack_at_least(scores, None, lo, ids, vals);
     if m < k {
         return false;
     }
     let (t, ties) = kth_largest(&vals[..m], k, &mut buf.levels);
     let equal = vals[..m].iter().filter(|&&x| x == t).count();
-    out.resize(m + LANES, 0);
+    out.resize(m + SPARE, 0);
     let taken = if equal == ties {
         // Every score equal to the cut is taken (the usual case): pack again.
-        let spare = slots(&mut buf.spare, m + LANES);
+        let spare = slots(&mut buf.spare, m + SPARE);
         pack_at_least(&vals[..m], Some(&ids[..m]), t, out, spare)
     } else {
         take_from(
@@ -115,7 +119,7 @@ fn top_k_sampled(scores: &[f32], k: usize, buf: &mut TopK, out: &mut Vec<u32>) -
 
 /// Packs the entries of `vals` that are at least `lo` to the front of `out_vals`, and
 /// their indices (`ids[j]`, or `j` itself without `ids`) to the front of `out_ids`;
-/// returns how many. Both outputs need `LANES` spare slots past `vals.len()`.
+/// returns how many. Both outputs need [`SPARE`] slots past `vals.len()`.
 #[inline(always)]
 fn pack_at_least(
     vals: &[f32],
@@ -124,8 +128,14 @@ fn pack_at_least(
     out_ids: &mut [u32],
     out_vals: &mut [f32],
 ) -> usize {
-    assert!(out_ids.len() >= vals.len() + LANES && out_vals.len() >= vals.len() + LANES);
+    assert!(out_ids.len() >= vals.len() + SPARE && out_vals.len() >= vals.len() + SPARE);
     assert!(ids.is_none_or(|ids| ids.len() == vals.len()));
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the feature the function is compiled for, and the
+        // lengths it relies on were checked above.
+        return unsafe { pack_at_least_avx512(vals, ids, lo, out_ids, out_vals) };
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd_enabled()
         && std::is_x86_feature_detected!("avx2")
@@ -211,6 +221,58 @@ unsafe fn pack_at_least_avx2(
     )
 }
 
+/// [`pack_at_least`] sixteen entries at a time: the compare gives a lane mask, and
+/// `vcompressps` moves the kept lanes to the front of the register, which is stored
+/// whole.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and both outputs `vals.len() + 16` slots; `ids`, when
+/// given, as long as `vals`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_at_least_avx512(
+    vals: &[f32],
+    ids: Option<&[u32]>,
+    lo: f32,
+    out_ids: &mut [u32],
+    out_vals: &mut [f32],
+) -> usize {
+    use std::arch::x86_64::*;
+    let blocks = vals.len() / 16;
+    let lo_v = _mm512_set1_ps(lo);
+    let mut iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let sixteen = _mm512_set1_epi32(16);
+    let mut m = 0usize;
+    for b in 0..blocks {
+        // SAFETY (all loads and stores): `b * 16 + 16 <= vals.len()`, and the stores
+        // write slots `m..m + 16` with `m <= b * 16`, inside `vals.len() + 16`.
+        let x = _mm512_loadu_ps(vals.as_ptr().add(b * 16));
+        let idx = match ids {
+            Some(ids) => _mm512_loadu_si512(ids.as_ptr().add(b * 16).cast()),
+            None => iota,
+        };
+        let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, lo_v);
+        _mm512_storeu_si512(
+            out_ids.as_mut_ptr().add(m).cast(),
+            _mm512_maskz_compress_epi32(keep, idx),
+        );
+        _mm512_storeu_ps(
+            out_vals.as_mut_ptr().add(m),
+            _mm512_maskz_compress_ps(keep, x),
+        );
+        m += keep.count_ones() as usize;
+        iota = _mm512_add_epi32(iota, sixteen);
+    }
+    m + pack_at_least_scalar(
+        vals,
+        ids,
+        blocks * 16,
+        lo,
+        &mut out_ids[m..],
+        &mut out_vals[m..],
+    )
+}
+
 /// `PACK[mask]` lists the set bits of `mask` in ascending order, padded with zeros.
 #[cfg(target_arch = "x86_64")]
 static PACK: [[u32; 8]; 256] = {
@@ -236,7 +298,10 @@ static PACK: [[u32; 8]; 256] = {
 #[inline(always)]
 fn sample_position(i: usize, n: usize) -> usize {
     let strip = n / SAMPLE;
-    i * strip + (i.wrapping_mul(2_654_435_761) >> 7) % strip
+    // A 32-bit hash of `i` scaled into `0..strip` by a multiply and a shift: a
+    // division per sample cost as much as the rest of the sampling.
+    let hash = (i as u32).wrapping_mul(2_654_435_761) as u64;
+    i * strip + ((hash * strip as u64) >> 32) as usize
 }
 
 /// The selection without a sample, in passes that do not branch on the data (a
@@ -507,6 +572,44 @@ mod tests {
                     want.sort_unstable();
                     top_k(scores, k, &mut buf, &mut out);
                     assert_eq!(out, want, "set {set} n={n} k={k}");
+                }
+            }
+        }
+    }
+
+    /// Every packing path the CPU has keeps the same entries in the same order, with
+    /// and without an index list, including a tail shorter than a vector.
+    #[test]
+    fn packing_paths_agree() {
+        let mut seed = 5;
+        for n in [0usize, 7, 16, 33, 1000] {
+            let vals: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            let idx: Vec<u32> = (0..n as u32).map(|i| 3 * i + 1).collect();
+            for ids in [None, Some(idx.as_slice())] {
+                let run = |f: &dyn Fn(&mut [u32], &mut [f32]) -> usize| {
+                    let (mut oi, mut ov) = (vec![0u32; n + SPARE], vec![0f32; n + SPARE]);
+                    let m = f(&mut oi, &mut ov);
+                    (oi[..m].to_vec(), ov[..m].to_vec())
+                };
+                let want = run(&|oi, ov| pack_at_least_scalar(&vals, ids, 0, 0.25, oi, ov));
+                assert!(want.0.len() < n || n == 0);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::is_x86_feature_detected!("avx2")
+                        && std::is_x86_feature_detected!("popcnt")
+                    {
+                        // SAFETY: the features were just detected; the outputs have spare slots.
+                        let got =
+                            run(&|oi, ov| unsafe { pack_at_least_avx2(&vals, ids, 0.25, oi, ov) });
+                        assert_eq!(got, want, "avx2, n={n}");
+                    }
+                    if std::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: as above.
+                        let got = run(&|oi, ov| unsafe {
+                            pack_at_least_avx512(&vals, ids, 0.25, oi, ov)
+                        });
+                        assert_eq!(got, want, "avx512, n={n}");
+                    }
                 }
             }
         }
