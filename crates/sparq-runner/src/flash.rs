@@ -25,6 +25,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use crate::activation::exp512;
+
 /// Keys per tile: four AVX-512 registers of scores per query row.
 pub(crate) const KEY_TILE: usize = 64;
 
@@ -301,26 +304,6 @@ fn lanes_below(n: usize) -> __mmask16 {
     } else {
         ((1u32 << n) - 1) as __mmask16
     }
-}
-
-/// `e^x` on 16 lanes: `x = n ln 2 + t` with `|t| <= ln 2 / 2` (Cody-Waite: `ln 2` in
-/// two parts), a degree-6 Taylor polynomial for `e^t` (relative error below 1.3e-7,
-/// about one unit in the last place), and `2^n` applied by `vscalefps`, which gives 0
-/// for very negative `x` and infinity for large `x` without clamping.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn exp512(x: __m512) -> __m512 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Round to nearest.
-    let n = _mm512_roundscale_ps::<0>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
-    let t = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-    let t = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), t);
-    let mut poly = _mm512_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        poly = _mm512_fmadd_ps(poly, t, _mm512_set1_ps(c));
-    }
-    _mm512_scalef_ps(poly, n)
 }
 
 /// One `e^x`, the same way.

@@ -2,6 +2,7 @@
 //! hub), the tokenizer, dense prefill, batched greedy decoding over branches that each
 //! carry their own attention method, and teacher-forced scoring.
 
+mod activation;
 mod attend;
 mod causal;
 pub mod config;

@@ -405,7 +405,7 @@ impl Llama {
             layer.gate_up.forward_many(hn, (rows, h), gu, false);
             gu.par_chunks_mut(2 * i_dim).for_each(|row| {
                 let (gate, up) = row.split_at_mut(i_dim);
-                sparq_attention::silu_mul(gate, up);
+                crate::activation::silu_mul(gate, up);
             });
             layer.down.forward_many(gu, (rows, 2 * i_dim), x, true);
             // 5. keep this layer's cache
