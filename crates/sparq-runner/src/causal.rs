@@ -30,6 +30,26 @@ pub(crate) struct Heads<'a> {
     pub d: usize,
 }
 
+impl<'a> Heads<'a> {
+    /// `nh` query heads over `nkv` KV heads, `s` positions of `d` dimensions.
+    pub(crate) fn new(
+        (q, k, v): (&'a [f32], &'a [f32], &'a [f32]),
+        (nh, nkv, s, d): (usize, usize, usize, usize),
+    ) -> Self {
+        assert!(nkv > 0 && nh % nkv == 0);
+        assert!(q.len() == nh * s * d && k.len() == nkv * s * d && v.len() == nkv * s * d);
+        Self {
+            q,
+            k,
+            v,
+            nh,
+            nkv,
+            s,
+            d,
+        }
+    }
+}
+
 /// Causal attention of the query rows `first..s` over every key up to their own
 /// position. `out` (`(s - first) x nh * d`, row-major, one row per query position with
 /// the heads side by side) receives the outputs. When `with_mass` (which needs `first`
@@ -297,15 +317,7 @@ mod tests {
         let q = random(nh * s * d, 3);
         let k: Vec<f32> = random(nkv * s * d, 5).iter().map(|x| 3.0 * x).collect();
         let v = random(nkv * s * d, 7);
-        let heads = Heads {
-            q: &q,
-            k: &k,
-            v: &v,
-            nh,
-            nkv,
-            s,
-            d,
-        };
+        let heads = Heads::new((&q, &k, &v), (nh, nkv, s, d));
         let (want, want_mass) = reference(&heads);
         for with_mass in [false, true] {
             for first in [0, s - 1] {

@@ -384,15 +384,7 @@ impl Llama {
             let rows = s - first;
             // 3. causal attention of the rows `first..s`; the output projection adds
             //    itself to the residual stream
-            let heads = Heads {
-                q: &q,
-                k: &k,
-                v: &v,
-                nh,
-                nkv,
-                s,
-                d,
-            };
+            let heads = Heads::new((&q, &k, &v), (nh, nkv, s, d));
             let attn = &mut attn[..rows * nh * d];
             let mass = causal_attention(&heads, first, with_mass, attn);
             let x = &mut x[first * h..];
