@@ -12,6 +12,7 @@
 pub mod bench;
 pub mod cache;
 pub mod dense;
+mod exact_topk;
 pub mod flexgen;
 pub mod h2o;
 mod kernels;

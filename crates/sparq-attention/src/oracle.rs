@@ -4,9 +4,8 @@
 
 use crate::cache::KvView;
 use crate::dense::check_shapes;
-use crate::kernels::{self, multiversion, slots, with_scratch, Scratch};
+use crate::exact_topk::{self, Kept};
 use crate::method::{AttentionMethod, HeadState, Trace};
-use crate::topk::top_k;
 use crate::transfer::Budget;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,32 +34,7 @@ impl AttentionMethod for Oracle {
         trace: Option<&mut Trace>,
     ) -> u64 {
         check_shapes(q, kv, out);
-        with_scratch(|sc| {
-            compute(self.k, q, kv, out, sc);
-            Trace::record(trace, sc.selected.iter().map(|&p| p as usize), &[]);
-        });
+        exact_topk::attend(self.k, Kept::Renormalised, q, kv, out, trace);
         self.budget().elements(kv.len(), kv.head_dim())
-    }
-}
-
-multiversion! {
-    /// The step, leaving the selection in `sc.selected`.
-    fn compute(k: usize, q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratch) {
-        let (d, s) = (kv.head_dim(), kv.len());
-        if k >= s {
-            kernels::dense_all_selected(q, kv, out, sc);
-            return;
-        }
-        let Scratch { qs, logits, rank, weights, selected, top, .. } = sc;
-        let qs = kernels::scaled_query(q, d, qs);
-        let z = slots(logits, q.len() / d * s);
-        kernels::all_logits(qs, kv, z);
-        // GQA: one selection for the group, by the sum of its heads' scores.
-        top_k(kernels::group_ranking(z, s, rank), k, top, selected);
-        let n = selected.len();
-        kernels::gather_columns(z, s, selected, weights);
-        let w = &mut weights[..z.len() / s * n];
-        kernels::softmax_rows(w, n);
-        kernels::subset_accumulate(w, kv, selected, out);
     }
 }
