@@ -135,7 +135,7 @@ impl HeadKv {
 /// cache being far larger than what the TLB covers with 4 KiB pages. (A `Vec` advised
 /// only on the 2 MiB pages inside it left a quarter to a half of the cache on small
 /// pages at S = 65,536 and 16,384, d = 64.)
-struct LineAligned {
+pub struct LineAligned {
     ptr: std::ptr::NonNull<f32>,
     len: usize,
     layout: std::alloc::Layout,
@@ -147,7 +147,8 @@ const HUGE_PAGE: usize = 2 << 20;
 const LINE_BYTES: usize = 64;
 
 impl LineAligned {
-    fn zeroed(len: usize) -> Self {
+    /// `len` zeros.
+    pub fn zeroed(len: usize) -> Self {
         let bytes = len * std::mem::size_of::<f32>();
         if bytes == 0 {
             return Self {

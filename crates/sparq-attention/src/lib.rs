@@ -27,7 +27,7 @@ mod topk;
 pub mod transfer;
 
 pub use bench::{bench_attention, BenchConfig, BenchError, BenchRow};
-pub use cache::{HeadKv, KvView};
+pub use cache::{HeadKv, KvView, LineAligned};
 pub use dense::Dense;
 pub use flexgen::FlexGen;
 pub use h2o::H2o;

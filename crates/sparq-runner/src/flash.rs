@@ -27,6 +27,7 @@ use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
 use crate::activation::exp512;
+use sparq_attention::LineAligned;
 
 /// Keys per tile: four AVX-512 registers of scores per query row.
 pub(crate) const KEY_TILE: usize = 64;
@@ -49,7 +50,9 @@ pub(crate) fn available(d: usize) -> bool {
 /// The keys of one KV head transposed tile by tile: tile `t` holds, for each key
 /// component `c`, the components `c` of keys `64t .. 64t + 63` (zeros past the last).
 pub(crate) struct TiledKeys {
-    data: Vec<f32>,
+    /// On cache-line boundaries, like every tile (a tile is `d` whole lines): a vector
+    /// load that straddles two lines costs the kernel about a tenth of its speed.
+    data: LineAligned,
     /// Positions covered: the keys' count rounded up to whole tiles.
     positions: usize,
 }
@@ -58,7 +61,7 @@ impl TiledKeys {
     /// From the `s x d` row-major keys of one KV head.
     pub(crate) fn new(k: &[f32], s: usize, d: usize) -> Self {
         let positions = s.div_ceil(KEY_TILE) * KEY_TILE;
-        let mut data = vec![0.0f32; d * positions];
+        let mut data = LineAligned::zeroed(d * positions);
         for (p, row) in k.chunks_exact(d).take(s).enumerate() {
             let tile = &mut data[(p / KEY_TILE) * d * KEY_TILE..];
             for (c, &x) in row.iter().enumerate() {
@@ -223,7 +226,7 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
         }
     }
     // Every lane of `p` is written below before the weighted sum reads it.
-    let mut p = std::mem::MaybeUninit::<[[f32; KEY_TILE]; R]>::uninit();
+    let mut p = std::mem::MaybeUninit::<TileWeights<R>>::uninit();
     let p = p.as_mut_ptr() as *mut f32;
     let mut alpha = [1.0f32; R];
     // Whether some key of the tile lies after some row's position (a diagonal tile).
@@ -296,6 +299,12 @@ unsafe fn group_tile<const NV: usize, const R: usize>(
     }
     R
 }
+
+/// The softmax weights of a group's rows over one tile, each row on whole cache lines
+/// so that no store of a register straddles two.
+#[cfg(target_arch = "x86_64")]
+#[repr(C, align(64))]
+struct TileWeights<const R: usize>([[f32; KEY_TILE]; R]);
 
 /// The mask of the first `n` of 16 lanes (all of them from 16 on).
 #[cfg(target_arch = "x86_64")]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
-use sparq_attention::{AttentionMethod, HeadKv, HeadState, ModelShape};
+use sparq_attention::{AttentionMethod, HeadKv, HeadState, LineAligned, ModelShape};
 
 use crate::causal::{causal_attention, Heads};
 use crate::config::LlamaConfig;
@@ -358,17 +358,21 @@ impl Llama {
         let eps = c.rms_norm_eps as f32;
         // 1. token embeddings
         let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = f32_vec(self.embed.index_select(&ids, 0)?)?;
+        let mut x = LineAligned::zeroed(s * h);
+        x.copy_from_slice(&f32_vec(self.embed.index_select(&ids, 0)?)?);
         let mut kv = Vec::with_capacity(c.num_hidden_layers);
         let mut mass_all = with_mass.then(Vec::new);
-        // Buffers reused by every layer.
-        let mut hn = vec![0.0f32; s * h];
-        let mut qkv = vec![0.0f32; s * qkv_dim];
-        let mut q = vec![0.0f32; nh * s * d];
-        let mut k = vec![0.0f32; nkv * s * d];
-        let mut v = vec![0.0f32; nkv * s * d];
-        let mut attn = vec![0.0f32; s * nh * d];
-        let mut gu = vec![0.0f32; s * 2 * i_dim];
+        // Buffers reused by every layer. They start on cache lines, and so do their
+        // rows (every row length here is a multiple of 16 floats), so that the kernels'
+        // vector loads and stores never straddle two lines: that made the fused
+        // attention 7% slower in a probe.
+        let mut hn = LineAligned::zeroed(s * h);
+        let mut qkv = LineAligned::zeroed(s * qkv_dim);
+        let mut q = LineAligned::zeroed(nh * s * d);
+        let mut k = LineAligned::zeroed(nkv * s * d);
+        let mut v = LineAligned::zeroed(nkv * s * d);
+        let mut attn = LineAligned::zeroed(s * nh * d);
+        let mut gu = LineAligned::zeroed(s * 2 * i_dim);
         for (li, layer) in self.layers.iter().enumerate() {
             // 2. attention block: norm, projections, rotary embedding
             rms_norm_rows(&x, &mut hn, &layer.input_norm, eps);
