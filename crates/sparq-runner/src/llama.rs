@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use half::bf16;
+use candle_core::{DType, Device, Storage, Tensor};
 use rayon::prelude::*;
 use sparq_attention::{AttentionMethod, HeadKv, HeadState, LineAligned, ModelShape};
 
@@ -37,47 +36,22 @@ impl std::str::FromStr for WeightDtype {
     }
 }
 
-/// A weight matrix `[out, in]`, row-major, read directly by the prefill's matrix
-/// products and the decode kernels.
+/// A weight matrix `[out, in]`, kept as a candle tensor (for prefill matmuls) whose
+/// storage the decode kernels read directly.
 struct Linear {
-    weight: WeightData,
+    weight: Tensor,
     out_dim: usize,
     in_dim: usize,
-}
-
-/// A weight matrix's elements, copied out of candle's storage onto cache lines: rows
-/// of a multiple of 16 floats (32 bf16) then start lines too, so that the kernels'
-/// vector loads never straddle two lines (candle's `Vec` of this size sits 16 bytes
-/// past a page boundary).
-enum WeightData {
-    F32(LineAligned),
-    /// bf16 pairs in the floats' place: `elements` of them.
-    Bf16 {
-        bits: LineAligned,
-        elements: usize,
-    },
 }
 
 impl Linear {
     fn new(weight: Tensor, dtype: WeightDtype) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
         let weight = match dtype {
-            WeightDtype::F32 => {
-                let mut data = LineAligned::zeroed(out_dim * in_dim);
-                data.copy_from_slice(&f32_vec(weight)?);
-                WeightData::F32(data)
-            }
-            WeightDtype::Bf16 => {
-                let elements = out_dim * in_dim;
-                let mut bits = LineAligned::zeroed(elements.div_ceil(2));
-                let src = weight
-                    .to_dtype(DType::BF16)?
-                    .flatten_all()?
-                    .to_vec1::<bf16>()?;
-                bf16_view_mut(&mut bits, elements).copy_from_slice(&src);
-                WeightData::Bf16 { bits, elements }
-            }
-        };
+            WeightDtype::F32 => weight.to_dtype(DType::F32)?,
+            WeightDtype::Bf16 => weight.to_dtype(DType::BF16)?,
+        }
+        .contiguous()?;
         Ok(Self {
             weight,
             out_dim,
@@ -94,14 +68,20 @@ impl Linear {
         let k = self.in_dim;
         assert!(lda >= k && (m == 0 || x.len() >= (m - 1) * lda + k));
         assert_eq!(out.len(), m * n);
+        let (storage, layout) = self.weight.storage_and_layout();
+        let start = layout.start_offset();
         let widened;
-        let w: &[f32] = match self.rows() {
-            WeightRows::F32(v) => v,
-            WeightRows::Bf16(v) => {
+        let w: &[f32] = match &*storage {
+            Storage::Cpu(candle_core::CpuStorage::F32(v)) => &v[start..start + n * k],
+            Storage::Cpu(candle_core::CpuStorage::BF16(v)) => {
                 // Widened once per call for the matrix product, on all threads.
-                widened = v.par_iter().map(|b| b.to_f32()).collect::<Vec<f32>>();
+                widened = v[start..start + n * k]
+                    .par_iter()
+                    .map(|b| b.to_f32())
+                    .collect::<Vec<f32>>();
                 &widened
             }
+            _ => unreachable!("weights are f32 or bf16 on the CPU by construction"),
         };
         if m == 0 || n == 0 {
             return;
@@ -156,32 +136,19 @@ impl Linear {
     /// A few rows (decode): `x` is `m x in`.
     fn forward_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
         let mut out = vec![0.0; m * self.out_dim];
-        kernels::linear(x, m, self.rows(), self.out_dim, &mut out);
+        let (storage, layout) = self.weight.storage_and_layout();
+        let start = layout.start_offset();
+        let n = self.weight.elem_count();
+        let rows = match &*storage {
+            Storage::Cpu(candle_core::CpuStorage::F32(v)) => WeightRows::F32(&v[start..start + n]),
+            Storage::Cpu(candle_core::CpuStorage::BF16(v)) => {
+                WeightRows::Bf16(&v[start..start + n])
+            }
+            _ => unreachable!("weights are f32 or bf16 on the CPU by construction"),
+        };
+        kernels::linear(x, m, rows, self.out_dim, &mut out);
         out
     }
-
-    /// The elements, `out x in` row-major.
-    fn rows(&self) -> WeightRows<'_> {
-        match &self.weight {
-            WeightData::F32(v) => WeightRows::F32(v),
-            WeightData::Bf16 { bits, elements } => WeightRows::Bf16(bf16_view(bits, *elements)),
-        }
-    }
-}
-
-/// The first `n` bf16 values stored in the bytes of `bits` (at least `n / 2` floats).
-fn bf16_view(bits: &LineAligned, n: usize) -> &[bf16] {
-    assert!(2 * bits.len() >= n);
-    // SAFETY: the floats' bytes hold at least `n` bf16 values, any bits are a valid
-    // bf16, and f32's alignment is a multiple of bf16's.
-    unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<bf16>(), n) }
-}
-
-/// [`bf16_view`], to write.
-fn bf16_view_mut(bits: &mut LineAligned, n: usize) -> &mut [bf16] {
-    assert!(2 * bits.len() >= n);
-    // SAFETY: as in `bf16_view`, with the unique borrow of `bits`.
-    unsafe { std::slice::from_raw_parts_mut(bits.as_mut_ptr().cast::<bf16>(), n) }
 }
 
 /// The output of [`Linear::forward_many`], shared by the tasks that each write their
