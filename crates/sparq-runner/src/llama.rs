@@ -358,8 +358,7 @@ impl Llama {
         let eps = c.rms_norm_eps as f32;
         // 1. token embeddings
         let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = LineAligned::zeroed(s * h);
-        x.copy_from_slice(&f32_vec(self.embed.index_select(&ids, 0)?)?);
+        let mut x = LineAligned::copied(&f32_vec(self.embed.index_select(&ids, 0)?)?);
         let mut kv = Vec::with_capacity(c.num_hidden_layers);
         let mut mass_all = with_mass.then(Vec::new);
         // Buffers reused by every layer. They start on cache lines, and so do their
