@@ -124,13 +124,9 @@ fn bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
             .collect::<Result<Vec<_>, _>>()?;
         let first = sparq_runner::kernels::argmax(&cache.last_logits) as u32;
         let mut inputs = vec![first; args.branches];
-        let vocab = vocab as usize;
         let t1 = Instant::now();
         for _ in 0..args.new_tokens {
-            let logits = model.decode_step(&cache, &mut branches, &inputs)?;
-            for (inp, row) in inputs.iter_mut().zip(logits.chunks(vocab)) {
-                *inp = sparq_runner::kernels::argmax(row) as u32;
-            }
+            inputs = model.decode_step_greedy(&cache, &mut branches, &inputs)?;
         }
         decode.push((args.branches * args.new_tokens) as f64 / t1.elapsed().as_secs_f64());
     }

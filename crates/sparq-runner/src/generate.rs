@@ -100,12 +100,11 @@ pub fn decode_greedy(
     }
     let first = kernels::argmax(&cache.last_logits) as u32;
     tokens.iter_mut().for_each(|t| t.push(first));
-    let vocab = model.config().vocab_size;
     for _ in 1..max_new_tokens {
         let inputs: Vec<u32> = tokens.iter().map(|t| *t.last().unwrap()).collect();
-        let logits = model.decode_step(cache, &mut branches, &inputs)?;
-        for (t, row) in tokens.iter_mut().zip(logits.chunks(vocab)) {
-            t.push(kernels::argmax(row) as u32);
+        let next = model.decode_step_greedy(cache, &mut branches, &inputs)?;
+        for (t, n) in tokens.iter_mut().zip(next) {
+            t.push(n);
         }
     }
     Ok((branches, tokens))

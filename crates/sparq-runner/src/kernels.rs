@@ -38,46 +38,80 @@ pub fn linear(x: &[f32], m: usize, w: WeightRows<'_>, n: usize, out: &mut [f32])
     assert_eq!(out.len(), m * n);
     // Work on the output transposed (`n x m`) so that each task owns contiguous rows.
     let mut out_t = vec![0.0f32; n * m];
-    let row = |o: usize, dst: &mut [f32]| match w {
-        WeightRows::F32(w) => dot_rows_f32(&w[o * k..(o + 1) * k], x, k, dst),
-        WeightRows::Bf16(w) => dot_rows_bf16(&w[o * k..(o + 1) * k], x, k, dst),
-    };
+    fill_rows(n, m, &mut out_t, &|rows, part| {
+        products(x, m, w, k, rows.start, part)
+    });
+    for o in 0..n {
+        for b in 0..m {
+            out[b * n + o] = out_t[o * m + b];
+        }
+    }
+}
+
+/// What [`linear`] gives for the weight rows `rows` alone, bit for bit, transposed:
+/// `out[j * m + b] = w[rows[j]] . x[b]`. The output head's screen (`screen.rs`)
+/// computes its few candidate logits with it, so they equal the full product's.
+pub fn linear_rows(x: &[f32], m: usize, w: WeightRows<'_>, rows: &[usize], out: &mut [f32]) {
+    let k = x.len() / m;
+    assert_eq!(x.len(), m * k);
+    assert_eq!(out.len(), rows.len() * m);
+    for (&o, dst) in rows.iter().zip(out.chunks_mut(m)) {
+        products(x, m, w, k, o, dst);
+    }
+}
+
+/// `dst` (`rows x m`, row-major) = the weight rows from `first` times every row of `x`.
+/// Every row's products come out the same whether it is computed alone or with its
+/// neighbours (tests below), which [`linear_rows`] relies on.
+fn products(x: &[f32], m: usize, w: WeightRows<'_>, k: usize, first: usize, dst: &mut [f32]) {
+    match w {
+        WeightRows::F32(w) if m == 1 => dot_f32_single(w, x, k, first, dst),
+        WeightRows::Bf16(w) if m == 1 => dot_bf16_single(w, x, k, first, dst),
+        WeightRows::F32(w) => {
+            for (o, d) in (first..).zip(dst.chunks_mut(m)) {
+                dot_rows_f32(&w[o * k..(o + 1) * k], x, k, d);
+            }
+        }
+        WeightRows::Bf16(w) => {
+            for (o, d) in (first..).zip(dst.chunks_mut(m)) {
+                dot_rows_bf16(&w[o * k..(o + 1) * k], x, k, d);
+            }
+        }
+    }
+}
+
+/// Fills `out` (`n` rows of `width`) by `fill(rows, part)` over chunks of rows spread
+/// across the threads: on the decode team when it is free, otherwise on rayon's pool.
+pub(crate) fn fill_rows(
+    n: usize,
+    width: usize,
+    out: &mut [f32],
+    fill: &(dyn Fn(std::ops::Range<usize>, &mut [f32]) + Sync),
+) {
+    assert_eq!(out.len(), n * width);
+    if n == 0 || width == 0 {
+        return;
+    }
     let on_team = Team::with(|team| {
         let chunks = Chunks::new(n, MIN_ROWS_PER_TASK);
-        let dst = DisjointRows::new(&mut out_t, m);
+        let dst = DisjointRows::new(out, width);
         team.run(&|_| {
             while let Some(rows) = chunks.next() {
                 // SAFETY: `Chunks` hands out every range once, so no two threads
                 // write the same rows.
                 let part = unsafe { dst.rows(rows.clone()) };
-                match w {
-                    WeightRows::F32(w) if m == 1 => dot_f32_single(w, x, k, rows.start, part),
-                    WeightRows::Bf16(w) if m == 1 => dot_bf16_single(w, x, k, rows.start, part),
-                    _ => {
-                        for (o, d) in rows.zip(part.chunks_mut(m)) {
-                            row(o, d);
-                        }
-                    }
-                }
+                fill(rows, part);
             }
         });
     });
     if on_team.is_none() {
         let rows_per_task = rows_per_task(n);
-        out_t
-            .par_chunks_mut(rows_per_task * m)
+        out.par_chunks_mut(rows_per_task * width)
             .enumerate()
-            .for_each(|(task, chunk)| {
+            .for_each(|(task, part)| {
                 let first = task * rows_per_task;
-                for (j, dst) in chunk.chunks_mut(m).enumerate() {
-                    row(first + j, dst);
-                }
+                fill(first..first + part.len() / width, part);
             });
-    }
-    for o in 0..n {
-        for b in 0..m {
-            out[b * n + o] = out_t[o * m + b];
-        }
     }
 }
 
@@ -515,13 +549,21 @@ unsafe fn dot_bf16_single_avx512(w: &[bf16], x: &[f32], k: usize, first: usize, 
         }
         o += 4;
     }
+    // The rows past the last group of four, each summed exactly as in a group (the
+    // same two accumulators), so that a row's product does not depend on its place.
     for d in chunks.into_remainder() {
         let row = w.as_ptr().wrapping_add(o * k);
-        let mut acc = _mm512_setzero_ps();
-        for i in (0..full).step_by(16) {
-            acc = _mm512_fmadd_ps(widen(row.wrapping_add(i)), input(i), acc);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 32 <= full {
+            acc[0] = _mm512_fmadd_ps(widen(row.wrapping_add(i)), input(i), acc[0]);
+            acc[1] = _mm512_fmadd_ps(widen(row.wrapping_add(i + 16)), input(i + 16), acc[1]);
+            i += 32;
         }
-        *d = _mm512_reduce_add_ps(acc) + tail(o);
+        if i < full {
+            acc[0] = _mm512_fmadd_ps(widen(row.wrapping_add(i)), input(i), acc[0]);
+        }
+        *d = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + tail(o);
         o += 1;
     }
 }
@@ -748,6 +790,43 @@ mod tests {
             let expect = naive(&x, m, &wr, n);
             for (a, b) in out.iter().zip(&expect) {
                 assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "bf16 {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn any_rows_alone_equal_the_full_product_bit_for_bit() {
+        for &(m, k, n) in &[
+            (1, 576, 131),
+            (1, 40, 9),
+            (2, 77, 37),
+            (3, 576, 70),
+            (8, 96, 45),
+            (9, 37, 11),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 41.0)
+                .collect();
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            // Rows from every place in a group of four and every chunk, in any order.
+            let rows: Vec<usize> = (0..n).rev().step_by(3).chain([0, n - 1, n / 2]).collect();
+            for weights in [WeightRows::F32(&w), WeightRows::Bf16(&wb)] {
+                let mut full = vec![0.0; m * n];
+                linear(&x, m, weights, n, &mut full);
+                let mut some = vec![f32::NAN; rows.len() * m];
+                linear_rows(&x, m, weights, &rows, &mut some);
+                for (j, &o) in rows.iter().enumerate() {
+                    for b in 0..m {
+                        assert_eq!(
+                            some[j * m + b].to_bits(),
+                            full[b * n + o].to_bits(),
+                            "m={m} k={k} row {o} branch {b}"
+                        );
+                    }
+                }
             }
         }
     }

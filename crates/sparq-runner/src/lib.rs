@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod llama;
 pub mod model;
 pub mod rope;
+mod screen;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;

@@ -13,6 +13,7 @@ use crate::config::LlamaConfig;
 use crate::error::{Result, RunnerError};
 use crate::kernels::{self, WeightRows};
 use crate::rope::Rope;
+use crate::screen::ScreenedHead;
 use crate::weights::LoadedWeights;
 
 /// Numeric format of the large weight matrices. Activations, norms and the KV cache
@@ -136,18 +137,24 @@ impl Linear {
     /// A few rows (decode): `x` is `m x in`.
     fn forward_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
         let mut out = vec![0.0; m * self.out_dim];
+        self.with_rows(|w| kernels::linear(x, m, w, self.out_dim, &mut out));
+        out
+    }
+
+    /// `f` of the weight matrix as the decode kernels read it.
+    fn with_rows<T>(&self, f: impl FnOnce(WeightRows<'_>) -> T) -> T {
         let (storage, layout) = self.weight.storage_and_layout();
         let start = layout.start_offset();
         let n = self.weight.elem_count();
-        let rows = match &*storage {
-            Storage::Cpu(candle_core::CpuStorage::F32(v)) => WeightRows::F32(&v[start..start + n]),
+        match &*storage {
+            Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
+                f(WeightRows::F32(&v[start..start + n]))
+            }
             Storage::Cpu(candle_core::CpuStorage::BF16(v)) => {
-                WeightRows::Bf16(&v[start..start + n])
+                f(WeightRows::Bf16(&v[start..start + n]))
             }
             _ => unreachable!("weights are f32 or bf16 on the CPU by construction"),
-        };
-        kernels::linear(x, m, rows, self.out_dim, &mut out);
-        out
+        }
     }
 }
 
@@ -188,6 +195,9 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: Linear,
+    /// The output head's 8-bit screen for greedy steps; `None` when the head has a
+    /// weight that is not finite.
+    screen: Option<ScreenedHead>,
     rope: Rope,
 }
 
@@ -283,8 +293,11 @@ impl Llama {
             w.take("lm_head.weight", &[c.vocab_size, h], origin)?
         };
         let rope = Rope::new(&c, w.rope_freqs.as_deref());
+        let lm_head = Linear::new(lm_head, dtype)?;
+        let screen = lm_head.with_rows(|w| ScreenedHead::new(w, c.vocab_size, h));
         Ok(Self {
-            lm_head: Linear::new(lm_head, dtype)?,
+            lm_head,
+            screen,
             embed: embed.to_dtype(DType::F32)?,
             layers,
             norm,
@@ -467,6 +480,42 @@ impl Llama {
         branches: &mut [Branch],
         inputs: &[u32],
     ) -> Result<Vec<f32>> {
+        let x = self.decode_hidden(prompt, branches, inputs)?;
+        Ok(self.lm_head.forward_rows(&x, branches.len()))
+    }
+
+    /// [`Llama::decode_step`] for greedy decoding: each branch's most likely next
+    /// token (the first on ties), exactly the argmax of the step's logits, found by
+    /// screening the output head instead of computing every logit (`screen.rs`).
+    pub fn decode_step_greedy(
+        &self,
+        prompt: &PromptCache,
+        branches: &mut [Branch],
+        inputs: &[u32],
+    ) -> Result<Vec<u32>> {
+        let x = self.decode_hidden(prompt, branches, inputs)?;
+        let m = branches.len();
+        let tokens = match &self.screen {
+            Some(screen) => self.lm_head.with_rows(|w| screen.argmax(&x, m, w)),
+            None => {
+                let logits = self.lm_head.forward_rows(&x, m);
+                logits
+                    .chunks(self.config.vocab_size)
+                    .map(kernels::argmax)
+                    .collect()
+            }
+        };
+        Ok(tokens.into_iter().map(|t| t as u32).collect())
+    }
+
+    /// The decode step up to the output head: the final-normed hidden state of each
+    /// branch, `branches.len() x hidden`.
+    fn decode_hidden(
+        &self,
+        prompt: &PromptCache,
+        branches: &mut [Branch],
+        inputs: &[u32],
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let m = branches.len();
         assert_eq!(inputs.len(), m, "one input token per branch");
@@ -554,7 +603,7 @@ impl Llama {
         // 5. final norm and output head
         kernels::rms_norm(&mut x, &self.norm, c.rms_norm_eps as f32);
         debug_assert_eq!(x.len(), m * h);
-        Ok(self.lm_head.forward_rows(&x, m))
+        Ok(x)
     }
 }
 
