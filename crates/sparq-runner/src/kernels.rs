@@ -698,8 +698,27 @@ pub fn log_prob(xs: &[f32], target: usize) -> f64 {
     xs[target] as f64 - lse
 }
 
+/// Deterministic test data: fixed patterns of values around zero.
+#[cfg(test)]
+pub(crate) mod pattern {
+    /// `n` weights, `(i * 53 % 97 - 48) / div`.
+    pub fn weights(n: usize, div: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / div)
+            .collect()
+    }
+
+    /// `n` inputs, `(i * 37 % 101 - 50) / div`.
+    pub fn inputs(n: usize, div: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / div)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::pattern::{inputs, weights};
     use super::*;
 
     fn naive(x: &[f32], m: usize, w: &[f32], n: usize) -> Vec<f32> {
@@ -718,12 +737,8 @@ mod tests {
     #[test]
     fn four_rows_at_a_time_is_bit_identical_to_one_row() {
         for &(k, n) in &[(576, 37), (33, 9), (64, 4), (7, 3), (1536, 130)] {
-            let x: Vec<f32> = (0..k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 9.0)
-                .collect();
+            let x: Vec<f32> = inputs(k, 7.0);
+            let w: Vec<f32> = weights(n * k, 9.0);
             for first in [0, 1] {
                 let mut fast = vec![f32::NAN; n - first];
                 dot_f32_single(&w, &x, k, first, &mut fast);
@@ -740,11 +755,10 @@ mod tests {
     #[test]
     fn one_branch_bf16_rows_match_the_rounded_weights() {
         for &(k, n, first) in &[(576, 7, 0), (37, 9, 2), (15, 5, 1), (1536, 4, 3)] {
-            let x: Vec<f32> = (0..k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let w: Vec<bf16> = (0..(first + n) * k)
-                .map(|i| bf16::from_f32(((i * 53 % 97) as f32 - 48.0) / 40.0))
+            let x: Vec<f32> = inputs(k, 50.0);
+            let w: Vec<bf16> = weights((first + n) * k, 40.0)
+                .into_iter()
+                .map(bf16::from_f32)
                 .collect();
             let mut got = vec![f32::NAN; n];
             dot_bf16_single(&w, &x, k, first, &mut got);
@@ -768,12 +782,8 @@ mod tests {
             (9, 37, 11),
             (2, 9, 200),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0)
-                .collect();
+            let x: Vec<f32> = inputs(m * k, 50.0);
+            let w: Vec<f32> = weights(n * k, 40.0);
             let mut out = vec![0.0; m * n];
             linear(&x, m, WeightRows::F32(&w), n, &mut out);
             let expect = naive(&x, m, &w, n);
@@ -804,12 +814,8 @@ mod tests {
             (8, 96, 45),
             (9, 37, 11),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 41.0)
-                .collect();
+            let x: Vec<f32> = inputs(m * k, 13.0);
+            let w: Vec<f32> = weights(n * k, 41.0);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             // Rows from every place in a group of four and every chunk, in any order.
             let rows: Vec<usize> = (0..n).rev().step_by(3).chain([0, n - 1, n / 2]).collect();

@@ -398,6 +398,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::kernels::pattern::{inputs, weights};
 
     fn full(x: &[f32], m: usize, w: WeightRows<'_>, rows: usize) -> Vec<f32> {
         let mut out = vec![0.0; m * rows];
@@ -493,12 +494,8 @@ mod tests {
     #[test]
     fn ties_go_to_the_first_row_and_flat_heads_fall_back_to_the_full_product() {
         let (k, rows) = (40, 200);
-        let mut w: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 90.0)
-            .collect();
-        let x: Vec<f32> = (0..2 * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0)
-            .collect();
+        let mut w: Vec<f32> = weights(rows * k, 90.0);
+        let x: Vec<f32> = inputs(2 * k, 10.0);
         let best = kernels::argmax(&full(&x[..k], 1, WeightRows::F32(&w), rows));
         // The argmax row copied to an earlier and a later row: three exact ties.
         let row: Vec<f32> = w[best * k..(best + 1) * k].to_vec();
@@ -520,9 +517,7 @@ mod tests {
     #[test]
     fn non_finite_weights_or_inputs_leave_it_to_the_full_product() {
         let (k, rows) = (16, 64);
-        let mut w: Vec<f32> = (0..rows * k)
-            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 90.0)
-            .collect();
+        let mut w: Vec<f32> = weights(rows * k, 90.0);
         let mut x: Vec<f32> = (0..k).map(|i| i as f32 / 7.0).collect();
         x[3] = f32::NAN;
         let head = ScreenedHead::new(WeightRows::F32(&w), rows, k).unwrap();
