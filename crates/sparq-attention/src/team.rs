@@ -158,11 +158,15 @@ fn helper(s: &Shared, index: usize) {
 }
 
 /// Hands out `0..n` in chunks of `chunk` to whichever thread asks next: balances the
-/// work when one thread is descheduled, at one atomic add per chunk.
+/// work when one thread is descheduled, at one atomic add per chunk. A guided set of
+/// chunks ([`Chunks::guided`]) starts larger and shrinks, so that the threads finish
+/// close together.
 pub struct Chunks {
     next: AtomicUsize,
     n: usize,
     chunk: usize,
+    /// Guided: each chunk is the remainder divided by this (at least `chunk`).
+    parts: Option<usize>,
 }
 
 impl Chunks {
@@ -171,19 +175,99 @@ impl Chunks {
             next: AtomicUsize::new(0),
             n,
             chunk: chunk.max(1),
+            parts: None,
+        }
+    }
+
+    /// Chunks of a `parts`-th of what is left, in multiples of `chunk` and never fewer.
+    pub fn guided(n: usize, chunk: usize, parts: usize) -> Self {
+        Self {
+            parts: Some(parts.max(1)),
+            ..Self::new(n, chunk)
         }
     }
 
     /// The next range, or `None` when all are handed out.
     pub fn next(&self) -> Option<std::ops::Range<usize>> {
-        let start = self.next.fetch_add(self.chunk, Ordering::Relaxed);
-        (start < self.n).then(|| start..(start + self.chunk).min(self.n))
+        let Some(parts) = self.parts else {
+            let start = self.next.fetch_add(self.chunk, Ordering::Relaxed);
+            return (start < self.n).then(|| start..(start + self.chunk).min(self.n));
+        };
+        let mut start = self.next.load(Ordering::Relaxed);
+        loop {
+            if start >= self.n {
+                return None;
+            }
+            let size = ((self.n - start) / parts / self.chunk).max(1) * self.chunk;
+            let end = (start + size).min(self.n);
+            match self
+                .next
+                .compare_exchange_weak(start, end, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(start..end),
+                Err(now) => start = now,
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guided_chunks_cover_everything_once_and_shrink_to_their_minimum() {
+        for (n, chunk, parts) in [
+            (3072, 4, 4),
+            (576, 4, 4),
+            (49_152, 4, 4),
+            (7, 4, 4),
+            (100, 8, 1),
+            (0, 4, 4),
+        ] {
+            let chunks = Chunks::guided(n, chunk, parts);
+            let mut seen = Vec::new();
+            let mut sizes = Vec::new();
+            while let Some(r) = chunks.next() {
+                sizes.push(r.len());
+                seen.extend(r);
+            }
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "n={n}");
+            // Sizes never grow, and every chunk but the last is a multiple of `chunk`.
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+            if let Some((_, head)) = sizes.split_last() {
+                assert!(
+                    head.iter().all(|s| s % chunk == 0 && *s >= chunk),
+                    "{sizes:?}"
+                );
+            }
+            if n >= parts * chunk * 2 {
+                assert_eq!(
+                    sizes[0],
+                    n / parts / chunk * chunk,
+                    "the first takes a share"
+                );
+            }
+        }
+        // Threads racing for guided chunks still do each index once.
+        let team = Team::spawn(3);
+        for phase in 0..500usize {
+            let n = 1 + phase * 7 % 301;
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            let chunks = Chunks::guided(n, 1 + phase % 4, 1 + phase % 6);
+            team.run(&|_| {
+                while let Some(r) = chunks.next() {
+                    for i in r {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "phase {phase}"
+            );
+        }
+    }
 
     #[test]
     fn every_chunk_is_done_exactly_once_across_many_phases() {

@@ -11,6 +11,13 @@ use sparq_attention::team::{Chunks, Team};
 /// Fewest weight rows handed to one rayon task: enough to amortise scheduling.
 const MIN_ROWS_PER_TASK: usize = 32;
 
+/// The decode kernels hand out their rows in guided chunks: a quarter of what is left
+/// at a time, down to four rows. Fixed chunks of 32 left one thread waiting for the
+/// other's last chunk at the end of each of a step's ~150 phases (a chunk of the down
+/// projection is 197 KB); see BENCHMARKS.md, session 9.
+const GUIDED_PARTS: usize = 4;
+const GUIDED_MIN_ROWS: usize = 4;
+
 /// Rows per task so that the tasks come in a multiple of the thread count, all of one
 /// size: with a fixed task size, 576 rows in tasks of 64 left one of two threads idle
 /// for a ninth of every small projection.
@@ -93,7 +100,7 @@ pub(crate) fn fill_rows(
         return;
     }
     let on_team = Team::with(|team| {
-        let chunks = Chunks::new(n, MIN_ROWS_PER_TASK);
+        let chunks = Chunks::guided(n, GUIDED_MIN_ROWS, GUIDED_PARTS);
         let dst = DisjointRows::new(out, width);
         team.run(&|_| {
             while let Some(rows) = chunks.next() {
