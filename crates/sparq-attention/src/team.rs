@@ -253,20 +253,25 @@ mod tests {
         let team = Team::spawn(3);
         for phase in 0..500usize {
             let n = 1 + phase * 7 % 301;
-            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
             let chunks = Chunks::guided(n, 1 + phase % 4, 1 + phase % 6);
-            team.run(&|_| {
-                while let Some(r) = chunks.next() {
-                    for i in r {
-                        hits[i].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-            assert!(
-                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
-                "phase {phase}"
-            );
+            assert_each_index_once(&team, n, &chunks, phase);
         }
+    }
+
+    /// The team, taking `chunks` of `0..n` until none are left, does each index once.
+    fn assert_each_index_once(team: &Team, n: usize, chunks: &Chunks, phase: usize) {
+        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+        team.run(&|_| {
+            while let Some(r) = chunks.next() {
+                for i in r {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        assert!(
+            hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+            "phase {phase}"
+        );
     }
 
     #[test]
@@ -274,19 +279,7 @@ mod tests {
         let team = Team::spawn(3);
         for phase in 0..2000usize {
             let n = 1 + phase % 97;
-            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            let chunks = Chunks::new(n, 1 + phase % 5);
-            team.run(&|_| {
-                while let Some(r) = chunks.next() {
-                    for i in r {
-                        hits[i].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-            assert!(
-                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
-                "phase {phase}"
-            );
+            assert_each_index_once(&team, n, &Chunks::new(n, 1 + phase % 5), phase);
             if phase == 1000 {
                 // Long enough for the helpers to park: the next phase must wake them.
                 std::thread::sleep(SPIN * 3);
