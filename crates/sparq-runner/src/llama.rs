@@ -13,7 +13,7 @@ use crate::config::LlamaConfig;
 use crate::error::{Result, RunnerError};
 use crate::kernels::{self, WeightRows};
 use crate::rope::Rope;
-use crate::screen::ScreenedHead;
+use crate::screen::{full_argmax, ScreenedHead};
 use crate::weights::LoadedWeights;
 
 /// Numeric format of the large weight matrices. Activations, norms and the KV cache
@@ -497,13 +497,9 @@ impl Llama {
         let m = branches.len();
         let tokens = match &self.screen {
             Some(screen) => self.lm_head.with_rows(|w| screen.argmax(&x, m, w)),
-            None => {
-                let logits = self.lm_head.forward_rows(&x, m);
-                logits
-                    .chunks(self.config.vocab_size)
-                    .map(kernels::argmax)
-                    .collect()
-            }
+            None => self
+                .lm_head
+                .with_rows(|w| full_argmax(&x, m, w, self.config.vocab_size)),
         };
         Ok(tokens.into_iter().map(|t| t as u32).collect())
     }

@@ -275,7 +275,8 @@ fn gamma(k: usize) -> f64 {
     ku / (1.0 - ku)
 }
 
-fn full_argmax(x: &[f32], m: usize, w: WeightRows<'_>, rows: usize) -> Vec<usize> {
+/// Each branch's argmax of the full product `x . w^T` (`rows` logits per branch).
+pub(crate) fn full_argmax(x: &[f32], m: usize, w: WeightRows<'_>, rows: usize) -> Vec<usize> {
     let mut logits = vec![0.0f32; m * rows];
     kernels::linear(x, m, w, rows, &mut logits);
     logits.chunks(rows).map(kernels::argmax).collect()
