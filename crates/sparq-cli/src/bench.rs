@@ -131,23 +131,26 @@ fn bench_model(args: BenchModelArgs) -> anyhow::Result<()> {
         decode.push((args.branches * args.new_tokens) as f64 / t1.elapsed().as_secs_f64());
     }
     let (p, d) = (median(prefill), median(decode));
+    let (weight_bytes, _) = model.decode_weight_bytes();
     if args.json {
         println!(
             "{}",
             json!({
                 "model": loaded.name, "prompt_tokens": args.prompt_tokens,
                 "new_tokens": args.new_tokens, "branches": args.branches,
-                "method": spec.to_string(), "dtype": format!("{:?}", args.model.dtype).to_lowercase(),
+                "method": spec.to_string(), "dtype": args.model.dtype.to_string(),
+                "decode_weight_bytes": weight_bytes,
                 "prefill_tokens_per_s": p, "decode_tokens_per_s": d,
             })
         );
     } else {
-        println!("| model | dtype | method | prompt tokens | new tokens | branches | prefill tok/s | decode tok/s |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("| model | dtype | decode weight MB | method | prompt tokens | new tokens | branches | prefill tok/s | decode tok/s |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} | {:?} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {} | {:.1} | {} | {} | {} | {} | {:.1} | {:.1} |",
             loaded.name,
             args.model.dtype,
+            weight_bytes as f64 / 1e6,
             spec,
             args.prompt_tokens,
             args.new_tokens,

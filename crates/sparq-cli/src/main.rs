@@ -26,7 +26,9 @@ pub struct ModelArgs {
     /// Hugging Face hub id org/name[@revision].
     #[arg(long, env = env::SPARQ_MODEL, default_value = env::DEFAULT_MODEL)]
     pub model: String,
-    /// Numeric format of the weight matrices (f32 is exact; bf16 reads half the bytes).
+    /// Numeric format of the weight matrices: f32 (exact; decode steps read a GGUF
+    /// file's Q4_1 blocks, which hold exactly the same f32 values), f32-full (the same
+    /// values read from full f32 matrices) or bf16 (rounded weights).
     #[arg(long, default_value = "f32")]
     pub dtype: sparq_runner::WeightDtype,
 }

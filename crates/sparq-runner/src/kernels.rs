@@ -8,6 +8,8 @@ use rayon::prelude::*;
 
 use sparq_attention::team::{Chunks, Team};
 
+use crate::q4::Q4Rows;
+
 /// Fewest weight rows handed to one rayon task: enough to amortise scheduling.
 const MIN_ROWS_PER_TASK: usize = 32;
 
@@ -35,6 +37,24 @@ fn rows_per_task(n: usize) -> usize {
 pub enum WeightRows<'a> {
     F32(&'a [f32]),
     Bf16(&'a [bf16]),
+    /// f32 values kept as a GGUF file's Q4_1 blocks (`q4.rs`): every product equals
+    /// the f32 matrix's bit for bit.
+    Q4(&'a Q4Rows),
+}
+
+impl WeightRows<'_> {
+    /// Row `o` (`k` long) as f32.
+    pub fn row_f32(&self, o: usize, k: usize) -> Vec<f32> {
+        match self {
+            WeightRows::F32(w) => w[o * k..(o + 1) * k].to_vec(),
+            WeightRows::Bf16(w) => w[o * k..(o + 1) * k].iter().map(|v| v.to_f32()).collect(),
+            WeightRows::Q4(w) => {
+                let mut row = vec![0.0; k];
+                w.expand_row(o, &mut row);
+                row
+            }
+        }
+    }
 }
 
 /// `out[b, o] = sum_i x[b, i] * w[o, i]` for `m` rows of `x` (`m x k`), `w` `n x k`,
@@ -84,7 +104,35 @@ fn products(x: &[f32], m: usize, w: WeightRows<'_>, k: usize, first: usize, dst:
                 dot_rows_bf16(&w[o * k..(o + 1) * k], x, k, d);
             }
         }
+        WeightRows::Q4(w) => expanded_products(x, m, w, k, first, dst),
     }
+}
+
+thread_local! {
+    /// Each thread's buffer of expanded weight rows (a few rows: stays in L1).
+    static EXPANDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`products`] for rows kept in Q4_1 blocks: a few rows at a time are expanded to
+/// their f32 values and multiplied by the f32 kernels, so every product has the f32
+/// matrix's bits while the step reads 0.75 bytes per weight instead of 4. One branch
+/// expands four rows (the f32 kernel's group); several branches one row, which each
+/// then reuse.
+fn expanded_products(x: &[f32], m: usize, w: &Q4Rows, k: usize, first: usize, dst: &mut [f32]) {
+    assert_eq!(w.cols(), k);
+    let at_once = if m == 1 { 4 } else { 1 };
+    EXPANDED.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.resize(at_once * k, 0.0);
+        for (i, d) in dst.chunks_mut(at_once * m).enumerate() {
+            let o = first + i * at_once;
+            let n = d.len() / m;
+            for (j, row) in buf.chunks_exact_mut(k).take(n).enumerate() {
+                w.expand_row(o + j, row);
+            }
+            products(x, m, WeightRows::F32(&buf[..n * k]), k, 0, d);
+        }
+    })
 }
 
 /// Fills `out` (`n` rows of `width`) by `fill(rows, part)` over chunks of rows spread
@@ -839,6 +887,39 @@ mod tests {
                             "m={m} k={k} row {o} branch {b}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_blocks_give_the_f32_matrixs_products_bit_for_bit() {
+        for &(m, k, n) in &[
+            (1, 576, 131),
+            (1, 64, 6),
+            (2, 96, 37),
+            (5, 32, 9),
+            (8, 1536, 21),
+            (9, 64, 11),
+        ] {
+            let q = crate::q4::tests::quantized_rows(n, k);
+            let w: Vec<f32> = (0..n)
+                .flat_map(|o| WeightRows::Q4(&q).row_f32(o, k))
+                .collect();
+            assert!(q.expands_to(&w));
+            let x: Vec<f32> = inputs(m * k, 13.0);
+            let mut want = vec![0.0; m * n];
+            linear(&x, m, WeightRows::F32(&w), n, &mut want);
+            let mut got = vec![f32::NAN; m * n];
+            linear(&x, m, WeightRows::Q4(&q), n, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "m={m} k={k} n={n}");
+            let rows: Vec<usize> = (0..n).rev().step_by(2).collect();
+            let mut some = vec![f32::NAN; rows.len() * m];
+            linear_rows(&x, m, WeightRows::Q4(&q), &rows, &mut some);
+            for (j, &o) in rows.iter().enumerate() {
+                for b in 0..m {
+                    assert_eq!(some[j * m + b].to_bits(), want[b * n + o].to_bits());
                 }
             }
         }

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod kernels;
 pub mod llama;
 pub mod model;
+pub mod q4;
 pub mod rope;
 mod screen;
 pub mod source;

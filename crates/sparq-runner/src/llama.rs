@@ -12,6 +12,7 @@ use crate::causal::{causal_attention, Heads};
 use crate::config::LlamaConfig;
 use crate::error::{Result, RunnerError};
 use crate::kernels::{self, WeightRows};
+use crate::q4::Q4Rows;
 use crate::rope::Rope;
 use crate::screen::{full_argmax, ScreenedHead};
 use crate::weights::LoadedWeights;
@@ -20,10 +21,25 @@ use crate::weights::LoadedWeights;
 /// are always f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WeightDtype {
+    /// Exact. Decode steps read a GGUF file's Q4_1 blocks instead of the f32 matrix
+    /// they hold exactly (`q4.rs`), with the same products bit for bit.
     #[default]
     F32,
+    /// The same values and products as `F32`, read from the full f32 matrices: for
+    /// measuring what the blocks save.
+    F32Full,
     /// Half the bytes to read per decode step; outputs move slightly (see BENCHMARKS.md).
     Bf16,
+}
+
+impl std::fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F32Full => "f32-full",
+            Self::Bf16 => "bf16",
+        })
+    }
 }
 
 impl std::str::FromStr for WeightDtype {
@@ -31,33 +47,47 @@ impl std::str::FromStr for WeightDtype {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "f32" => Ok(Self::F32),
+            "f32-full" => Ok(Self::F32Full),
             "bf16" => Ok(Self::Bf16),
-            _ => Err(format!("unknown dtype `{s}` (expected f32 or bf16)")),
+            _ => Err(format!(
+                "unknown dtype `{s}` (expected f32, f32-full or bf16)"
+            )),
         }
     }
 }
 
 /// A weight matrix `[out, in]`, kept as a candle tensor (for prefill matmuls) whose
-/// storage the decode kernels read directly.
+/// storage the decode kernels read directly, unless they read its Q4_1 blocks.
 struct Linear {
     weight: Tensor,
+    /// The file's blocks, when they expand to `weight` bit for bit and the dtype is
+    /// `F32`: what the decode kernels read then.
+    blocks: Option<Q4Rows>,
     out_dim: usize,
     in_dim: usize,
 }
 
 impl Linear {
-    fn new(weight: Tensor, dtype: WeightDtype) -> Result<Self> {
+    fn new(weight: Tensor, dtype: WeightDtype, blocks: Option<Q4Rows>) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
         let weight = match dtype {
-            WeightDtype::F32 => weight.to_dtype(DType::F32)?,
+            WeightDtype::F32 | WeightDtype::F32Full => weight.to_dtype(DType::F32)?,
             WeightDtype::Bf16 => weight.to_dtype(DType::BF16)?,
         }
         .contiguous()?;
-        Ok(Self {
+        let mut linear = Self {
             weight,
+            blocks: None,
             out_dim,
             in_dim,
-        })
+        };
+        if dtype == WeightDtype::F32 {
+            let exact = |b: &Q4Rows| {
+                linear.with_rows(|w| matches!(w, WeightRows::F32(v) if b.expands_to(v)))
+            };
+            linear.blocks = blocks.filter(exact);
+        }
+        Ok(linear)
     }
 
     /// Many rows at once (prefill): `out (m x out) = x (m x in) . W^T`, or `out +=`
@@ -143,6 +173,9 @@ impl Linear {
 
     /// `f` of the weight matrix as the decode kernels read it.
     fn with_rows<T>(&self, f: impl FnOnce(WeightRows<'_>) -> T) -> T {
+        if let Some(b) = &self.blocks {
+            return f(WeightRows::Q4(b));
+        }
         let (storage, layout) = self.weight.storage_and_layout();
         let start = layout.start_offset();
         let n = self.weight.elem_count();
@@ -277,23 +310,36 @@ impl Llama {
                 &[h],
                 origin,
             )?;
+            let mut blocks = |parts: &[&str]| {
+                let parts: Option<Vec<Q4Rows>> = parts
+                    .iter()
+                    .map(|part| w.take_blocks(&format!("{p}.{part}.weight")))
+                    .collect();
+                Q4Rows::stack(&parts?)
+            };
+            let qkv_blocks = blocks(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]);
+            let o_blocks = blocks(&["self_attn.o_proj"]);
+            let gate_up_blocks = blocks(&["mlp.gate_proj", "mlp.up_proj"]);
+            let down_blocks = blocks(&["mlp.down_proj"]);
             layers.push(Layer {
                 input_norm: f32_vec(input_norm)?,
                 post_attention_norm: f32_vec(post_norm)?,
-                qkv: Linear::new(Tensor::cat(&[q, k, v], 0)?, dtype)?,
-                o: Linear::new(o, dtype)?,
-                gate_up: Linear::new(Tensor::cat(&[gate, up], 0)?, dtype)?,
-                down: Linear::new(down, dtype)?,
+                qkv: Linear::new(Tensor::cat(&[q, k, v], 0)?, dtype, qkv_blocks)?,
+                o: Linear::new(o, dtype, o_blocks)?,
+                gate_up: Linear::new(Tensor::cat(&[gate, up], 0)?, dtype, gate_up_blocks)?,
+                down: Linear::new(down, dtype, down_blocks)?,
             });
         }
         let norm = f32_vec(w.take("model.norm.weight", &[h], origin)?)?;
-        let lm_head = if c.tie_word_embeddings || !w.tensors.contains_key("lm_head.weight") {
-            embed.clone()
-        } else {
-            w.take("lm_head.weight", &[c.vocab_size, h], origin)?
-        };
+        let (lm_head, head_blocks) =
+            if c.tie_word_embeddings || !w.tensors.contains_key("lm_head.weight") {
+                (embed.clone(), w.take_blocks("model.embed_tokens.weight"))
+            } else {
+                let head = w.take("lm_head.weight", &[c.vocab_size, h], origin)?;
+                (head, w.take_blocks("lm_head.weight"))
+            };
         let rope = Rope::new(&c, w.rope_freqs.as_deref());
-        let lm_head = Linear::new(lm_head, dtype)?;
+        let lm_head = Linear::new(lm_head, dtype, head_blocks)?;
         let screen = lm_head.with_rows(|w| ScreenedHead::new(w, c.vocab_size, h));
         Ok(Self {
             lm_head,
@@ -308,6 +354,22 @@ impl Llama {
 
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// Bytes of the layers' weight matrices that one decode step reads (the output
+    /// head aside), and how many of those matrices are read as Q4_1 blocks.
+    pub fn decode_weight_bytes(&self) -> (usize, usize) {
+        let linears = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.qkv, &l.o, &l.gate_up, &l.down]);
+        linears.fold((0, 0), |(bytes, in_blocks), lin| match &lin.blocks {
+            Some(b) => (bytes + b.bytes(), in_blocks + 1),
+            None => (
+                bytes + lin.weight.elem_count() * lin.weight.dtype().size_in_bytes(),
+                in_blocks,
+            ),
+        })
     }
 
     pub fn shape(&self) -> ModelShape {
@@ -633,6 +695,7 @@ mod tests {
         let lin = Linear::new(
             Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap(),
             WeightDtype::F32,
+            None,
         )
         .unwrap();
         for accumulate in [false, true] {

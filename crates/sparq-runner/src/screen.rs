@@ -72,12 +72,7 @@ impl ScreenedHead {
             .zip(radius.par_iter_mut())
             .enumerate()
             .all(|(o, ((q, s), r))| {
-                let row: Vec<f32> = match w {
-                    WeightRows::F32(w) => w[o * k..(o + 1) * k].to_vec(),
-                    WeightRows::Bf16(w) => {
-                        w[o * k..(o + 1) * k].iter().map(|v| v.to_f32()).collect()
-                    }
-                };
+                let row = w.row_f32(o, k);
                 if !row.iter().all(|v| v.is_finite()) {
                     return false;
                 }

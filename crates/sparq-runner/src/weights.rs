@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::LlamaConfig;
 use crate::error::{Result, RunnerError};
+use crate::q4::Q4Rows;
 
 /// Every tensor of a model, by Hugging Face name, as f32 on the CPU.
 pub struct LoadedWeights {
@@ -18,6 +19,9 @@ pub struct LoadedWeights {
     pub tensors: HashMap<String, Tensor>,
     /// Llama 3.1 GGUF files keep their RoPE frequency scaling as a tensor.
     pub rope_freqs: Option<Vec<f32>>,
+    /// The matrices a GGUF file stores as Q4_1 blocks, in those blocks (rows in the
+    /// same order as their f32 tensors), for the decode kernels.
+    pub blocks: HashMap<String, Q4Rows>,
 }
 
 impl LoadedWeights {
@@ -36,6 +40,11 @@ impl LoadedWeights {
             ));
         }
         Ok(t)
+    }
+
+    /// Takes out the Q4_1 blocks of the matrix `name`, if the file stored it so.
+    pub fn take_blocks(&mut self, name: &str) -> Option<Q4Rows> {
+        self.blocks.remove(name)
     }
 }
 
@@ -86,6 +95,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
     )?;
     let device = Device::Cpu;
     let mut tensors = HashMap::new();
+    let mut blocks = HashMap::new();
     let mut rope_freqs = None;
     for name in content.tensor_infos.keys() {
         let q = content
@@ -102,12 +112,37 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
                 format!("unexpected tensor `{name}` for a Llama model"),
             ));
         };
-        let t = if name.ends_with("attn_q.weight") {
-            unpermute_rotary_rows(&t, config.num_attention_heads)?
+        let rotary_heads = if name.ends_with("attn_q.weight") {
+            Some(config.num_attention_heads)
         } else if name.ends_with("attn_k.weight") {
-            unpermute_rotary_rows(&t, config.num_key_value_heads)?
+            Some(config.num_key_value_heads)
         } else {
-            t
+            None
+        };
+        let dims = t.dims().to_vec();
+        let order = rotary_heads.map(|heads| rotary_row_order(dims[0], heads));
+        if let (GgmlDType::Q4_1, &[rows, cols]) = (q.dtype(), dims.as_slice()) {
+            let data = q
+                .data()
+                .map_err(|e| RunnerError::model_file(path, format!("tensor `{name}`: {e}")))?;
+            if let Some(b) = Q4Rows::from_ggml(&data, rows, cols) {
+                let b = match &order {
+                    Some(o) => b.select_rows(o),
+                    None => b,
+                };
+                blocks.insert(hf.clone(), b);
+            }
+        }
+        let t = match &order {
+            Some(o) => {
+                let ids = Tensor::from_vec(
+                    o.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                    o.len(),
+                    &device,
+                )?;
+                t.index_select(&ids, 0)?
+            }
+            None => t,
         };
         tensors.insert(hf, t);
     }
@@ -116,6 +151,7 @@ pub fn load_gguf(path: &Path) -> Result<GgufModel> {
             config,
             tensors,
             rope_freqs,
+            blocks,
         },
         metadata: content.metadata,
     })
@@ -151,15 +187,18 @@ fn hf_name(gguf: &str) -> Option<String> {
 }
 
 /// llama.cpp's converter stores each head's query/key rows interleaved (pairs
-/// `(i, i + d/2)` adjacent) for its interleaved RoPE; put them back in halves, as
-/// transformers does when it loads a GGUF file.
-fn unpermute_rotary_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
+/// `(i, i + d/2)` adjacent) for its interleaved RoPE; this order puts them back in
+/// halves, as transformers does when it loads a GGUF file: row `i` of the result is
+/// row `order[i]` of the file's matrix.
+fn rotary_row_order(rows: usize, heads: usize) -> Vec<usize> {
     let d = rows / heads;
-    Ok(w.reshape((heads, d / 2, 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))?)
+    (0..rows)
+        .map(|r| {
+            let (head, within) = (r / d, r % d);
+            let (half, i) = (within / (d / 2), within % (d / 2));
+            head * d + 2 * i + half
+        })
+        .collect()
 }
 
 /// The files of a safetensors checkpoint directory.
@@ -274,6 +313,7 @@ pub fn load_safetensors(files: &SafetensorsDir) -> Result<LoadedWeights> {
     Ok(LoadedWeights {
         config,
         tensors,
+        blocks: HashMap::new(),
         rope_freqs: None,
     })
 }
@@ -284,13 +324,13 @@ mod tests {
 
     #[test]
     fn unpermute_puts_interleaved_pairs_back_in_halves() {
-        // One head of dim 4, one input column: GGUF rows are [x0, x2, x1, x3].
-        let w = Tensor::new(&[[0f32], [2.], [1.], [3.]], &Device::Cpu).unwrap();
-        let back = unpermute_rotary_rows(&w, 1).unwrap();
-        assert_eq!(
-            back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            vec![0., 1., 2., 3.]
-        );
+        // Heads of dim 4: GGUF rows are [x0, x2, x1, x3] per head.
+        assert_eq!(rotary_row_order(4, 1), vec![0, 2, 1, 3]);
+        assert_eq!(rotary_row_order(8, 2), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+        // Dim 6: [x0, x3, x1, x4, x2, x5] back to x0..x5.
+        let file = [0, 3, 1, 4, 2, 5];
+        let back: Vec<usize> = rotary_row_order(6, 1).iter().map(|&r| file[r]).collect();
+        assert_eq!(back, vec![0, 1, 2, 3, 4, 5]);
     }
 
     #[test]

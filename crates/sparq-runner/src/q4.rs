@@ -1,0 +1,281 @@
+//! Weight matrices that a GGUF file stores as Q4_1 blocks, kept in those blocks for
+//! the decode kernels.
+//!
+//! A Q4_1 block holds 32 weights as 4-bit integers `q` with one scale `d` and one
+//! offset `m` (both f16), and its f32 value is `q * d + m`, rounded after the product
+//! and after the sum. Dequantizing at load gives exactly those f32 values; a decode
+//! step that expands the blocks on the fly to the same f32 values and multiplies them
+//! exactly as the f32 kernels do gives the same bits as the f32 matrix, while reading
+//! 0.75 bytes per weight instead of 4. A matrix is only kept in blocks after checking
+//! that they expand to the loaded f32 matrix bit for bit ([`Q4Rows::expands_to`]).
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Weights per block.
+pub const BLOCK: usize = 32;
+/// Bytes of one block in a GGUF file: `d` and `m` (f16), then 16 bytes of nibbles.
+const GGML_BLOCK_BYTES: usize = 20;
+
+/// A `rows x cols` matrix in Q4_1 blocks along its rows.
+#[derive(Clone, Debug)]
+pub struct Q4Rows {
+    rows: usize,
+    cols: usize,
+    /// `cols / 2` bytes per row; in block `j` of a row, byte `i` holds weight
+    /// `32j + i` in its low nibble and weight `32j + 16 + i` in its high nibble.
+    nibbles: Vec<u8>,
+    /// `(d, m)` of every block, row by row, widened to f32 (exactly).
+    scales: Vec<[f32; 2]>,
+}
+
+impl Q4Rows {
+    /// Reads a GGUF tensor's raw Q4_1 data (`rows x cols`, blocks along the rows).
+    /// `None` when the sizes do not fit that layout.
+    pub fn from_ggml(raw: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        if cols == 0
+            || !cols.is_multiple_of(BLOCK)
+            || raw.len() != rows * cols / BLOCK * GGML_BLOCK_BYTES
+        {
+            return None;
+        }
+        let blocks = raw.len() / GGML_BLOCK_BYTES;
+        let mut nibbles = Vec::with_capacity(blocks * BLOCK / 2);
+        let mut scales = Vec::with_capacity(blocks);
+        for b in raw.chunks_exact(GGML_BLOCK_BYTES) {
+            let half = |i: usize| f16::from_le_bytes([b[i], b[i + 1]]).to_f32();
+            scales.push([half(0), half(2)]);
+            nibbles.extend_from_slice(&b[4..]);
+        }
+        Some(Self {
+            rows,
+            cols,
+            nibbles,
+            scales,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes a pass over the whole matrix reads.
+    pub fn bytes(&self) -> usize {
+        self.nibbles.len() + std::mem::size_of_val(&self.scales[..])
+    }
+
+    /// The matrix whose row `i` is this one's row `order[i]`.
+    pub fn select_rows(&self, order: &[usize]) -> Self {
+        let (row_bytes, row_blocks) = (self.cols / 2, self.cols / BLOCK);
+        let mut out = Self {
+            rows: order.len(),
+            cols: self.cols,
+            nibbles: Vec::with_capacity(order.len() * row_bytes),
+            scales: Vec::with_capacity(order.len() * row_blocks),
+        };
+        for &r in order {
+            out.nibbles
+                .extend_from_slice(&self.nibbles[r * row_bytes..(r + 1) * row_bytes]);
+            out.scales
+                .extend_from_slice(&self.scales[r * row_blocks..(r + 1) * row_blocks]);
+        }
+        out
+    }
+
+    /// The matrices' rows one after another; `None` when their widths differ.
+    pub fn stack(parts: &[Self]) -> Option<Self> {
+        let cols = parts.first()?.cols;
+        if parts.iter().any(|p| p.cols != cols) {
+            return None;
+        }
+        Some(Self {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols,
+            nibbles: parts
+                .iter()
+                .flat_map(|p| p.nibbles.iter().copied())
+                .collect(),
+            scales: parts
+                .iter()
+                .flat_map(|p| p.scales.iter().copied())
+                .collect(),
+        })
+    }
+
+    /// Writes row `r`'s f32 values into `out` (`cols` long).
+    #[inline]
+    pub fn expand_row(&self, r: usize, out: &mut [f32]) {
+        let (row_bytes, row_blocks) = (self.cols / 2, self.cols / BLOCK);
+        let nibbles = &self.nibbles[r * row_bytes..(r + 1) * row_bytes];
+        let scales = &self.scales[r * row_blocks..(r + 1) * row_blocks];
+        let out = &mut out[..self.cols];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (just detected); the three slices hold the
+            // same number of blocks (cut above).
+            unsafe { expand_avx512(nibbles, scales, out) };
+            return;
+        }
+        expand_generic(nibbles, scales, out)
+    }
+
+    /// Whether the blocks expand to exactly `w` (row-major `rows x cols`), bit for bit.
+    pub fn expands_to(&self, w: &[f32]) -> bool {
+        w.len() == self.rows * self.cols
+            && w.par_chunks(self.cols).enumerate().all(|(r, want)| {
+                let mut row = vec![0.0f32; self.cols];
+                self.expand_row(r, &mut row);
+                row.iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits())
+            })
+    }
+}
+
+/// `q * d + m` for every weight, rounded as the dequantizer rounds (product, then sum;
+/// never fused).
+fn expand_generic(nibbles: &[u8], scales: &[[f32; 2]], out: &mut [f32]) {
+    for ((bytes, &[d, m]), block) in nibbles
+        .chunks_exact(BLOCK / 2)
+        .zip(scales)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        let (low, high) = block.split_at_mut(BLOCK / 2);
+        for ((&byte, lo), hi) in bytes.iter().zip(low).zip(high) {
+            *lo = (byte & 0x0f) as f32 * d + m;
+            *hi = (byte >> 4) as f32 * d + m;
+        }
+    }
+}
+
+/// [`expand_generic`] 16 weights at a time: the same two roundings per weight.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and the slices must hold the same number of blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn expand_avx512(nibbles: &[u8], scales: &[[f32; 2]], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(nibbles.len() == scales.len() * BLOCK / 2 && out.len() == scales.len() * BLOCK);
+    let low_bits = _mm512_set1_epi32(0x0f);
+    for (j, &[d, m]) in scales.iter().enumerate() {
+        // SAFETY: block `j` has 16 bytes at `16j` and 32 outputs at `32j` (asserted).
+        unsafe {
+            let bytes = _mm_loadu_si128(nibbles.as_ptr().add(j * BLOCK / 2) as *const __m128i);
+            let wide = _mm512_cvtepu8_epi32(bytes);
+            let (d, m) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
+            let value = |q: __m512i| _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), d), m);
+            let dst = out.as_mut_ptr().add(j * BLOCK);
+            _mm512_storeu_ps(dst, value(_mm512_and_si512(wide, low_bits)));
+            _mm512_storeu_ps(dst.add(BLOCK / 2), value(_mm512_srli_epi32::<4>(wide)));
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    /// A quantized matrix with blocks of every kind: spread, constant, negative, large.
+    fn quantized(rows: usize, cols: usize) -> QTensor {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let block = i / BLOCK;
+                let wave = ((i * 7919 % 1009) as f32 - 504.0) / 317.0;
+                match block % 4 {
+                    0 => wave,
+                    1 => 0.25,
+                    2 => wave * 1e-3 - 2.0,
+                    _ => wave * 300.0,
+                }
+            })
+            .collect();
+        let t = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
+        QTensor::quantize(&t, GgmlDType::Q4_1).unwrap()
+    }
+
+    /// [`quantized`]'s blocks as [`Q4Rows`].
+    pub(crate) fn quantized_rows(rows: usize, cols: usize) -> Q4Rows {
+        Q4Rows::from_ggml(&quantized(rows, cols).data().unwrap(), rows, cols).unwrap()
+    }
+
+    fn expanded(q: &Q4Rows) -> Vec<f32> {
+        let mut out = vec![f32::NAN; q.rows() * q.cols()];
+        for (r, row) in out.chunks_mut(q.cols()).enumerate() {
+            q.expand_row(r, row);
+        }
+        out
+    }
+
+    #[test]
+    fn blocks_expand_to_candles_dequantized_values_bit_for_bit() {
+        let (rows, cols) = (13, 96);
+        let qt = quantized(rows, cols);
+        let q = Q4Rows::from_ggml(&qt.data().unwrap(), rows, cols).unwrap();
+        let want: Vec<f32> = qt
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(want.iter().any(|v| *v != want[0]), "the data must vary");
+        assert!(q.expands_to(&want));
+        let got = expanded(&q);
+        // The vector path against the scalar one, block by block.
+        let mut scalar = vec![0.0f32; rows * cols];
+        for (r, row) in scalar.chunks_mut(cols).enumerate() {
+            let row_blocks = cols / BLOCK;
+            expand_generic(
+                &q.nibbles[r * cols / 2..(r + 1) * cols / 2],
+                &q.scales[r * row_blocks..(r + 1) * row_blocks],
+                row,
+            );
+        }
+        for (i, ((g, s), w)) in got.iter().zip(&scalar).zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "element {i}");
+            assert_eq!(s.to_bits(), w.to_bits(), "element {i}, scalar");
+        }
+        // One changed weight is noticed.
+        let mut off = want.clone();
+        off[cols + 5] = f32::from_bits(off[cols + 5].to_bits() ^ 1);
+        assert!(!q.expands_to(&off));
+        assert!(!q.expands_to(&want[..cols]));
+    }
+
+    #[test]
+    fn selected_and_stacked_rows_keep_their_values() {
+        let cols = 64;
+        let (a, b) = (quantized_rows(5, cols), quantized_rows(3, cols));
+        let (ea, eb) = (expanded(&a), expanded(&b));
+        let order = [4, 0, 2, 2];
+        let picked = expanded(&a.select_rows(&order));
+        for (i, &r) in order.iter().enumerate() {
+            assert_eq!(
+                picked[i * cols..(i + 1) * cols],
+                ea[r * cols..(r + 1) * cols]
+            );
+        }
+        let both = Q4Rows::stack(&[a.clone(), b]).unwrap();
+        assert_eq!(both.rows(), 8);
+        assert_eq!(expanded(&both), [ea, eb].concat());
+        let narrow = quantized_rows(1, 32);
+        assert!(Q4Rows::stack(&[a, narrow]).is_none());
+    }
+
+    #[test]
+    fn sizes_that_do_not_fit_the_layout_are_refused() {
+        let raw = vec![0u8; 2 * GGML_BLOCK_BYTES];
+        assert!(Q4Rows::from_ggml(&raw, 1, 64).is_some());
+        assert!(Q4Rows::from_ggml(&raw, 2, 64).is_none());
+        assert!(Q4Rows::from_ggml(&raw, 1, 48).is_none());
+        assert!(Q4Rows::from_ggml(&raw[1..], 1, 64).is_none());
+        assert!(Q4Rows::from_ggml(&[], 0, 0).is_none());
+    }
+}
