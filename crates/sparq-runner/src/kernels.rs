@@ -94,11 +94,7 @@ fn products(x: &[f32], m: usize, w: WeightRows<'_>, k: usize, first: usize, dst:
     match w {
         WeightRows::F32(w) if m == 1 => dot_f32_single(w, x, k, first, dst),
         WeightRows::Bf16(w) if m == 1 => dot_bf16_single(w, x, k, first, dst),
-        WeightRows::F32(w) => {
-            for (o, d) in (first..).zip(dst.chunks_mut(m)) {
-                dot_rows_f32(&w[o * k..(o + 1) * k], x, k, d);
-            }
-        }
+        WeightRows::F32(w) => dot_f32_many(w, x, k, first, m, dst),
         WeightRows::Bf16(w) => {
             for (o, d) in (first..).zip(dst.chunks_mut(m)) {
                 dot_rows_bf16(&w[o * k..(o + 1) * k], x, k, d);
@@ -116,11 +112,10 @@ thread_local! {
 /// [`products`] for rows kept in Q4_1 blocks: a few rows at a time are expanded to
 /// their f32 values and multiplied by the f32 kernels, so every product has the f32
 /// matrix's bits while the step reads 0.75 bytes per weight instead of 4. One branch
-/// expands four rows (the f32 kernel's group); several branches one row, which each
-/// then reuse.
+/// expands four rows (the f32 kernel's group); several branches two (a row pair).
 fn expanded_products(x: &[f32], m: usize, w: &Q4Rows, k: usize, first: usize, dst: &mut [f32]) {
     assert_eq!(w.cols(), k);
-    let at_once = if m == 1 { 4 } else { 1 };
+    let at_once = if m == 1 { 4 } else { 2 };
     EXPANDED.with(|buf| {
         let mut buf = buf.borrow_mut();
         buf.resize(at_once * k, 0.0);
@@ -228,6 +223,81 @@ unsafe fn dot_rows_f32_avx2(w: &[f32], x: &[f32], k: usize, dst: &mut [f32]) {
     dot_rows_generic(w, x, k, dst)
 }
 
+/// Several branches, f32 weights: `dst[j * m + b] = w[first + j] . x[b]`. With
+/// AVX-512 and eight branches or more, rows go in pairs so that each load of an input
+/// serves two rows (the eight-branch block was bound by those loads); every (row,
+/// branch) product is summed exactly as [`dot_rows_f32`] sums it alone.
+fn dot_f32_many(w: &[f32], x: &[f32], k: usize, first: usize, m: usize, dst: &mut [f32]) {
+    let rows = dst.len() / m;
+    let mut j = 0;
+    #[cfg(target_arch = "x86_64")]
+    if m >= 8
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+    {
+        assert!(x.len() >= m * k && w.len() >= (first + rows) * k);
+        j = rows / 2 * 2;
+        // SAFETY: the features were just detected; the sizes were checked above.
+        unsafe { dot_f32_pairs_avx512(w, x, k, first, m, &mut dst[..j * m]) };
+    }
+    for (o, d) in (first + j..).zip(dst[j * m..].chunks_mut(m)) {
+        dot_rows_f32(&w[o * k..(o + 1) * k], x, k, d);
+    }
+}
+
+/// The row pairs of [`dot_f32_many`] (`dst` holds an even number of rows).
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and FMA; `x` holds `m >= 8` rows of `k` and `w`
+/// the rows `first..first + dst.len() / m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dot_f32_pairs_avx512(
+    w: &[f32],
+    x: &[f32],
+    k: usize,
+    first: usize,
+    m: usize,
+    dst: &mut [f32],
+) {
+    use std::arch::x86_64::_mm512_loadu_ps;
+    let eights = m / 8 * 8;
+    for (p, d) in dst.chunks_exact_mut(2 * m).enumerate() {
+        let o = first + 2 * p;
+        let pair = [&w[o * k..(o + 1) * k], &w[(o + 1) * k..(o + 2) * k]];
+        let (d0, d1) = d.split_at_mut(m);
+        for b in (0..eights).step_by(8) {
+            // SAFETY: `eight_products` asks only for `i + 16 <= k`; branches `b..b + 8`
+            // of `x` hold `k` floats each (the caller's contract).
+            let sums = unsafe {
+                eight_products::<2>(
+                    k,
+                    |r, i| _mm512_loadu_ps(pair[r].as_ptr().add(i)),
+                    |r, j| pair[r][j],
+                    |i| prefetch_ahead(pair[1], i),
+                    &x[b * k..],
+                    k,
+                )
+            };
+            for (dr, sr) in [&mut *d0, &mut *d1].into_iter().zip(sums) {
+                for (dv, s) in dr[b..b + 8].iter_mut().zip(sr) {
+                    // As `dot_rows_generic` does: zero, then add (keeps a -0.0 sum +0.0).
+                    *dv = 0.0;
+                    *dv += s;
+                }
+            }
+        }
+        if eights < m {
+            for (row, dr) in pair.into_iter().zip([d0, d1]) {
+                let tail = &mut dr[eights..];
+                tail.fill(0.0);
+                dot_rows_add(row, &x[eights * k..], k, tail);
+            }
+        }
+    }
+}
+
 /// Splits the branches into blocks of 8, 4, 2 and 1 so that each chunk of the weight
 /// row, once loaded, feeds every branch of the block from registers.
 #[inline(always)]
@@ -287,11 +357,11 @@ fn dot_eight(w: &[f32], x: &[f32], stride: usize, dst: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn dot_eight_avx512(w: &[f32], x: &[f32], stride: usize, dst: &mut [f32]) {
     use std::arch::x86_64::_mm512_loadu_ps;
-    let sums = eight_products(
+    let [sums] = eight_products::<1>(
         w.len(),
         // SAFETY: `eight_products` asks only for `i + 16 <= w.len()`.
-        |i| unsafe { _mm512_loadu_ps(w.as_ptr().add(i)) },
-        |j| w[j],
+        |_, i| unsafe { _mm512_loadu_ps(w.as_ptr().add(i)) },
+        |_, j| w[j],
         |i| prefetch_ahead(w, i),
         x,
         stride,
@@ -301,42 +371,48 @@ unsafe fn dot_eight_avx512(w: &[f32], x: &[f32], stride: usize, dst: &mut [f32])
     }
 }
 
-/// The eight branches' products `w . x[b]` for a weight row of `n` elements that
-/// `weights(i)` gives 16 at a time from `i` (and `weight(j)` one at a time, for the
-/// tail), calling `ahead(i)` before each 16 to prefetch.
+/// The eight branches' products `w_r . x[b]` for `R` weight rows of `n` elements
+/// that `weights(r, i)` gives 16 at a time from `i` (and `weight(r, j)` one at a time,
+/// for the tail), calling `ahead(i)` before each 16 to prefetch. Each input vector is
+/// loaded once for the `R` rows; each (row, branch) product is summed the same way
+/// whatever `R`, so a row's results do not depend on its neighbours.
 ///
 /// # Safety
 /// The CPU must have AVX-512F (callers are compiled for it), and `x` must hold 8 rows
 /// of `stride` with at least `n` floats each.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn eight_products(
+unsafe fn eight_products<const R: usize>(
     n: usize,
-    weights: impl Fn(usize) -> std::arch::x86_64::__m512,
-    weight: impl Fn(usize) -> f32,
+    weights: impl Fn(usize, usize) -> std::arch::x86_64::__m512,
+    weight: impl Fn(usize, usize) -> f32,
     ahead: impl Fn(usize),
     x: &[f32],
     stride: usize,
-) -> [f32; 8] {
+) -> [[f32; 8]; R] {
     use std::arch::x86_64::*;
     let full = n / 16 * 16;
-    let mut acc = [_mm512_setzero_ps(); 8];
+    let mut acc = [[_mm512_setzero_ps(); 8]; R];
     let mut i = 0;
     while i < full {
         ahead(i);
-        let wv = weights(i);
-        for (b, a) in acc.iter_mut().enumerate() {
+        let wv: [__m512; R] = std::array::from_fn(|r| weights(r, i));
+        for b in 0..8 {
             // SAFETY: `i + 16 <= n`, and row `b` of `x` has `n` floats from `b * stride`.
             let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(b * stride + i)) };
-            *a = _mm512_fmadd_ps(wv, xv, *a);
+            for (a, w) in acc.iter_mut().zip(&wv) {
+                a[b] = _mm512_fmadd_ps(*w, xv, a[b]);
+            }
         }
         i += 16;
     }
-    let mut sums = [0.0f32; 8];
-    for (b, (s, a)) in sums.iter_mut().zip(&acc).enumerate() {
-        *s = _mm512_reduce_add_ps(*a);
-        for j in full..n {
-            *s += weight(j) * x[b * stride + j];
+    let mut sums = [[0.0f32; 8]; R];
+    for (r, (row_sums, row_acc)) in sums.iter_mut().zip(&acc).enumerate() {
+        for (b, (s, a)) in row_sums.iter_mut().zip(row_acc).enumerate() {
+            *s = _mm512_reduce_add_ps(*a);
+            for j in full..n {
+                *s += weight(r, j) * x[b * stride + j];
+            }
         }
     }
     sums
@@ -661,18 +737,12 @@ fn dot_rows_bf16(w: &[bf16], x: &[f32], k: usize, dst: &mut [f32]) {
 unsafe fn dot_eight_bf16_avx512(w: &[bf16], x: &[f32], stride: usize, dst: &mut [f32]) {
     use std::arch::x86_64::*;
     // SAFETY: `eight_products` asks only for `i + 16 <= w.len()`.
-    let widen = |i: usize| unsafe { widen16(w.as_ptr().add(i)) };
+    let widen = |_, i: usize| unsafe { widen16(w.as_ptr().add(i)) };
     // Half a KiB ahead, into the next rows past this one's end (a hint only).
     let ahead =
         |i: usize| _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(i + 256) as *const i8);
-    dst[..8].copy_from_slice(&eight_products(
-        w.len(),
-        widen,
-        |j| w[j].to_f32(),
-        ahead,
-        x,
-        stride,
-    ));
+    let [sums] = eight_products::<1>(w.len(), widen, |_, j| w[j].to_f32(), ahead, x, stride);
+    dst[..8].copy_from_slice(&sums);
 }
 
 #[cfg(target_arch = "x86_64")]
