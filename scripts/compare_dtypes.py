@@ -1,14 +1,17 @@
-# Compares --dtype bf16 with f32 on the golden prompts: how far reduced precision moves
-# the outputs. Run from the repository root after building: python3 scripts/compare_dtypes.py
-import json, subprocess
+# Compares a reduced-precision --dtype (bf16 by default, or q4) with f32 on the golden
+# prompts: how far it moves the outputs. Run from the repository root after building:
+# python3 scripts/compare_dtypes.py [bf16|q4]. The first step's top-5 logits come from
+# the prefill, which q4 leaves exact; its changes show in the continuations.
+import json, subprocess, sys
+other = sys.argv[1] if len(sys.argv) > 1 else 'bf16'
 g = json.load(open('crates/sparq-runner/tests/golden/smollm2_q4_1.json'))
 agree = 0; maxd = 0; same_prefix = []
 for c in g['cases']:
     out = {}
-    for dt in ['f32', 'bf16']:
+    for dt in ['f32', other]:
         r = subprocess.run(['./target/release/sparq', 'generate', '--prompt', c['prompt'], '--max-new-tokens', '24', '--json', '--dtype', dt], capture_output=True, text=True)
         out[dt] = json.loads(r.stdout)
-    a, b = out['f32'], out['bf16']
+    a, b = out['f32'], out[other]
     la = dict((i, l) for i, l in a['first_step_top5']); lb = dict((i, l) for i, l in b['first_step_top5'])
     d = max(abs(la[i] - lb[i]) for i in la if i in lb)
     maxd = max(maxd, d)
@@ -18,4 +21,4 @@ for c in g['cases']:
         n += 1
     same_prefix.append(n)
     agree += a['output_tokens'] == b['output_tokens']
-print(f"bf16 vs f32 on {len(g['cases'])} golden prompts: identical 24-token continuations {agree}/{len(g['cases'])}; leading agreeing tokens {same_prefix}; max |top-5 logit difference| {maxd:.4f}")
+print(f"{other} vs f32 on {len(g['cases'])} golden prompts: identical 24-token continuations {agree}/{len(g['cases'])}; leading agreeing tokens {same_prefix}; max |top-5 logit difference| {maxd:.4f}")

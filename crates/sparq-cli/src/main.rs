@@ -28,7 +28,8 @@ pub struct ModelArgs {
     pub model: String,
     /// Numeric format of the weight matrices: f32 (exact; decode steps read a GGUF
     /// file's Q4_1 blocks, which hold exactly the same f32 values), f32-full (the same
-    /// values read from full f32 matrices) or bf16 (rounded weights).
+    /// values read from full f32 matrices), bf16 (rounded weights) or q4 (f32, but one
+    /// branch's decode products factored per Q4_1 block: rounded differently, faster).
     #[arg(long, default_value = "f32")]
     pub dtype: sparq_runner::WeightDtype,
 }

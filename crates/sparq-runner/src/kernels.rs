@@ -40,6 +40,10 @@ pub enum WeightRows<'a> {
     /// f32 values kept as a GGUF file's Q4_1 blocks (`q4.rs`): every product equals
     /// the f32 matrix's bit for bit.
     Q4(&'a Q4Rows),
+    /// The same blocks, one branch's products factored per block
+    /// ([`Q4Rows::factored_products`]): rounded differently, faster. Several
+    /// branches' products are the exact ones.
+    Q4Factored(&'a Q4Rows),
 }
 
 impl WeightRows<'_> {
@@ -48,7 +52,7 @@ impl WeightRows<'_> {
         match self {
             WeightRows::F32(w) => w[o * k..(o + 1) * k].to_vec(),
             WeightRows::Bf16(w) => w[o * k..(o + 1) * k].iter().map(|v| v.to_f32()).collect(),
-            WeightRows::Q4(w) => {
+            WeightRows::Q4(w) | WeightRows::Q4Factored(w) => {
                 let mut row = vec![0.0; k];
                 w.expand_row(o, &mut row);
                 row
@@ -100,7 +104,8 @@ fn products(x: &[f32], m: usize, w: WeightRows<'_>, k: usize, first: usize, dst:
                 dot_rows_bf16(&w[o * k..(o + 1) * k], x, k, d);
             }
         }
-        WeightRows::Q4(w) => expanded_products(x, m, w, k, first, dst),
+        WeightRows::Q4Factored(w) if m == 1 => w.factored_products(x, first, dst),
+        WeightRows::Q4(w) | WeightRows::Q4Factored(w) => expanded_products(x, m, w, k, first, dst),
     }
 }
 

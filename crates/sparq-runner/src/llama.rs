@@ -30,6 +30,10 @@ pub enum WeightDtype {
     F32Full,
     /// Half the bytes to read per decode step; outputs move slightly (see BENCHMARKS.md).
     Bf16,
+    /// `F32`, except that one branch's decode products are computed from the Q4_1
+    /// blocks per block as `d * (q . x) + m * sum(x)`: the same weights rounded
+    /// differently, fewer operations (see BENCHMARKS.md for how far outputs move).
+    Q4,
 }
 
 impl std::fmt::Display for WeightDtype {
@@ -38,6 +42,7 @@ impl std::fmt::Display for WeightDtype {
             Self::F32 => "f32",
             Self::F32Full => "f32-full",
             Self::Bf16 => "bf16",
+            Self::Q4 => "q4",
         })
     }
 }
@@ -49,8 +54,9 @@ impl std::str::FromStr for WeightDtype {
             "f32" => Ok(Self::F32),
             "f32-full" => Ok(Self::F32Full),
             "bf16" => Ok(Self::Bf16),
+            "q4" => Ok(Self::Q4),
             _ => Err(format!(
-                "unknown dtype `{s}` (expected f32, f32-full or bf16)"
+                "unknown dtype `{s}` (expected f32, f32-full, bf16 or q4)"
             )),
         }
     }
@@ -61,8 +67,10 @@ impl std::str::FromStr for WeightDtype {
 struct Linear {
     weight: Tensor,
     /// The file's blocks, when they expand to `weight` bit for bit and the dtype is
-    /// `F32`: what the decode kernels read then.
+    /// `F32` or `Q4`: what the decode kernels read then.
     blocks: Option<Q4Rows>,
+    /// `Q4`: one branch's products from the blocks are factored per block.
+    factored: bool,
     out_dim: usize,
     in_dim: usize,
 }
@@ -71,17 +79,20 @@ impl Linear {
     fn new(weight: Tensor, dtype: WeightDtype, blocks: Option<Q4Rows>) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
         let weight = match dtype {
-            WeightDtype::F32 | WeightDtype::F32Full => weight.to_dtype(DType::F32)?,
+            WeightDtype::F32 | WeightDtype::F32Full | WeightDtype::Q4 => {
+                weight.to_dtype(DType::F32)?
+            }
             WeightDtype::Bf16 => weight.to_dtype(DType::BF16)?,
         }
         .contiguous()?;
         let mut linear = Self {
             weight,
             blocks: None,
+            factored: dtype == WeightDtype::Q4,
             out_dim,
             in_dim,
         };
-        if dtype == WeightDtype::F32 {
+        if matches!(dtype, WeightDtype::F32 | WeightDtype::Q4) {
             let exact = |b: &Q4Rows| {
                 linear.with_rows(|w| matches!(w, WeightRows::F32(v) if b.expands_to(v)))
             };
@@ -173,8 +184,10 @@ impl Linear {
 
     /// `f` of the weight matrix as the decode kernels read it.
     fn with_rows<T>(&self, f: impl FnOnce(WeightRows<'_>) -> T) -> T {
-        if let Some(b) = &self.blocks {
-            return f(WeightRows::Q4(b));
+        match &self.blocks {
+            Some(b) if self.factored => return f(WeightRows::Q4Factored(b)),
+            Some(b) => return f(WeightRows::Q4(b)),
+            None => {}
         }
         let (storage, layout) = self.weight.storage_and_layout();
         let start = layout.start_offset();
@@ -339,7 +352,13 @@ impl Llama {
                 (head, w.take_blocks("lm_head.weight"))
             };
         let rope = Rope::new(&c, w.rope_freqs.as_deref());
-        let lm_head = Linear::new(lm_head, dtype, head_blocks)?;
+        // The head is never factored: the screen's error bound assumes the exact
+        // products' rounding.
+        let head_dtype = match dtype {
+            WeightDtype::Q4 => WeightDtype::F32,
+            other => other,
+        };
+        let lm_head = Linear::new(lm_head, head_dtype, head_blocks)?;
         let screen = lm_head.with_rows(|w| ScreenedHead::new(w, c.vocab_size, h));
         Ok(Self {
             lm_head,
