@@ -125,11 +125,16 @@ pub(crate) fn attend_layer(
             }
         }
     }
-    // Split each dense group in as many pieces as keep every thread busy: a few KV
-    // heads alone would leave threads idle, and each piece rereads the prompt.
+    // Each dense group is one job that reads its KV head's prompt once, except the
+    // groups left over after sharing them out evenly among the threads, which are split
+    // by branches into one piece per thread (each piece rereads the prompt). With 3 KV
+    // heads on 2 threads: two whole heads, then two halves of the third, so each thread
+    // reads two heads' prompts instead of three (all six halves, as before), for the
+    // same work. Whole groups go first, so the halves fill in at the end.
     let threads = rayon::current_num_threads().max(1);
-    let pieces = (2 * threads).div_ceil(nkv).max(1);
-    for ((_, kvh), heads) in dense {
+    let whole = dense.len() - dense.len() % threads;
+    for (i, ((_, kvh), heads)) in dense.into_iter().enumerate() {
+        let pieces = if i < whole { 1 } else { threads };
         let per_piece = heads.len().div_ceil(pieces).max(1);
         let mut heads = heads.into_iter().peekable();
         while heads.peek().is_some() {
