@@ -7,19 +7,10 @@
 //! Eight dense branches would otherwise read the prompt's keys and values eight times
 //! per step, more bytes than the weights themselves at a 1,600-token prompt.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-
-use rayon::prelude::*;
 use sparq_attention::{AttentionMethod, HeadKv, HeadState, KvView};
+use std::collections::BTreeMap;
 
 use crate::llama::Branch;
-use sparq_attention::team::{Chunks, Team};
-
-/// The lock's data, also after a panic elsewhere (the team re-raises that panic).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The queries, caches and outputs of one KV head of one branch.
 struct Head<'a> {
@@ -145,33 +136,8 @@ pub(crate) fn attend_layer(
             });
         }
     }
-    // On the decode team when it is free (see `team`), else through rayon.
-    let slots: Vec<Mutex<Option<Job<'_>>>> =
-        jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
-    let moved = Mutex::new(Vec::new());
-    let on_team = Team::with(|team| {
-        let next = Chunks::new(slots.len(), 1);
-        team.run(&|_| {
-            while let Some(r) = next.next() {
-                for slot in &slots[r] {
-                    let job = lock(slot).take().expect("each job is taken once");
-                    let served = job.run();
-                    lock(&moved).extend(served);
-                }
-            }
-        });
-    });
-    let moved = match on_team {
-        Some(()) => moved.into_inner().unwrap_or_else(|p| p.into_inner()),
-        None => slots
-            .into_par_iter()
-            .flat_map_iter(|slot| {
-                let job = slot.into_inner().unwrap_or_else(|p| p.into_inner());
-                job.expect("each job is taken once").run()
-            })
-            .collect(),
-    };
-    for (b, n) in moved {
+    let moved = crate::spread::run_each(jobs, Job::run);
+    for (b, n) in moved.into_iter().flatten() {
         branches[b].elements_moved += n;
     }
 }

@@ -17,6 +17,7 @@ pub mod q4;
 pub mod rope;
 mod screen;
 pub mod source;
+mod spread;
 pub mod tokenizer;
 pub mod weights;
 

@@ -636,16 +636,24 @@ impl Llama {
             let mut hn = x.clone();
             kernels::rms_norm(&mut hn, &layer.input_norm, c.rms_norm_eps as f32);
             let mut qkv = layer.qkv.forward_rows(&hn, m);
-            for (b, row) in qkv.chunks_mut(qkv_dim).enumerate() {
+            // Branch by branch in parallel: each writes its own caches, whose
+            // transposed keys take a scattered store per component (1.6-2.1 ms a step
+            // for eight branches on one thread).
+            let rows: Vec<_> = branches
+                .iter_mut()
+                .zip(qkv.chunks_mut(qkv_dim))
+                .zip(&positions)
+                .collect();
+            crate::spread::run_each(rows, |((branch, row), &pos)| {
                 let (q, kv_part) = row.split_at_mut(nh * d);
                 let (k, v) = kv_part.split_at_mut(nkv * d);
-                self.rope.apply(q, positions[b]);
-                self.rope.apply(k, positions[b]);
+                self.rope.apply(q, pos);
+                self.rope.apply(k, pos);
                 for kvh in 0..nkv {
-                    branches[b].generated[l * nkv + kvh]
+                    branch.generated[l * nkv + kvh]
                         .push(&k[kvh * d..(kvh + 1) * d], &v[kvh * d..(kvh + 1) * d]);
                 }
-            }
+            });
             // 3. attention through each branch's method, all (branch, KV head) pairs
             //    in parallel (dense branches share one pass over the prompt)
             let mut attn = vec![0.0f32; m * nh * d];
