@@ -120,6 +120,24 @@ thread_local! {
 /// expands four rows (the f32 kernel's group); several branches two (a row pair).
 fn expanded_products(x: &[f32], m: usize, w: &Q4Rows, k: usize, first: usize, dst: &mut [f32]) {
     assert_eq!(w.cols(), k);
+    #[cfg(target_arch = "x86_64")]
+    if m >= 8
+        && dst.len() >= 2 * m
+        && std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+    {
+        // Pairs of rows expand in registers; an odd last row goes through the buffer.
+        let pairs = dst.len() / m / 2 * 2;
+        let (paired, rest) = dst.split_at_mut(pairs * m);
+        // SAFETY: the features were just detected; `x` holds `m` rows of `k` and the
+        // rows `first..first + pairs` lie in `w` (they are the caller's rows).
+        unsafe { dot_q4_pairs_avx512(w, x, k, first, m, paired) };
+        if rest.is_empty() {
+            return;
+        }
+        return expanded_products(x, m, w, k, first + pairs, rest);
+    }
     let at_once = if m == 1 { 4 } else { 2 };
     EXPANDED.with(|buf| {
         let mut buf = buf.borrow_mut();
@@ -267,25 +285,96 @@ unsafe fn dot_f32_pairs_avx512(
     dst: &mut [f32],
 ) {
     use std::arch::x86_64::_mm512_loadu_ps;
+    let row = |o: usize| &w[o * k..(o + 1) * k];
+    // SAFETY: `eight_branch_pairs` asks for `i + 16 <= k` only.
+    let weights = |o: usize, i: usize| unsafe { _mm512_loadu_ps(row(o).as_ptr().add(i)) };
+    let tail = |o: usize, dst: &mut [f32], xs: &[f32]| dot_rows_add(row(o), xs, k, dst);
+    // SAFETY: the caller's contract.
+    unsafe {
+        eight_branch_pairs(
+            (first, k, m),
+            x,
+            dst,
+            weights,
+            |o, j| row(o)[j],
+            |o, i| prefetch_ahead(row(o), i),
+            tail,
+        )
+    };
+}
+
+/// [`dot_f32_pairs_avx512`] for rows in Q4_1 blocks, expanded in registers to the
+/// same f32 values (so the same bits) instead of through a buffer.
+///
+/// # Safety
+/// As [`dot_f32_pairs_avx512`], with `w` holding the rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn dot_q4_pairs_avx512(
+    w: &Q4Rows,
+    x: &[f32],
+    k: usize,
+    first: usize,
+    m: usize,
+    dst: &mut [f32],
+) {
+    assert!(w.cols() == k && k % 16 == 0 && first + dst.len() / m <= w.rows());
+    // SAFETY: rows and columns in range (asserted; `eight_branch_pairs` asks for
+    // `i + 16 <= k` with `i` a multiple of 16).
+    let weights = |o: usize, i: usize| unsafe { w.expand16(o, i) };
+    // Rows are whole blocks of 32, so no weight is left past the last 16.
+    let weight = |_: usize, _: usize| -> f32 { unreachable!("Q4_1 rows have no tail") };
+    let tail = |o: usize, dst: &mut [f32], xs: &[f32]| {
+        EXPANDED.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.resize(k, 0.0);
+            w.expand_row(o, &mut buf);
+            dot_rows_add(&buf, xs, k, dst);
+        })
+    };
+    // SAFETY: the caller's contract.
+    unsafe { eight_branch_pairs((first, k, m), x, dst, weights, weight, |_, _| {}, tail) };
+}
+
+/// Rows `first..` in pairs, `m >= 8` branches: each block of eight branches through
+/// [`eight_products`] with the pair's weights from `weights(row, i)` (16 at a time;
+/// `weight(row, j)` one at a time for a tail, `ahead(row, i)` to prefetch); the
+/// branches past the last eight through `tail(row, dst, x)`, which adds them into
+/// `dst` (zeroed).
+///
+/// # Safety
+/// The CPU must have AVX-512F (callers are compiled for it); `x` holds `m` rows of
+/// `k` and `weights` gives 16 weights for `i + 16 <= k`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn eight_branch_pairs(
+    (first, k, m): (usize, usize, usize),
+    x: &[f32],
+    dst: &mut [f32],
+    weights: impl Fn(usize, usize) -> std::arch::x86_64::__m512,
+    weight: impl Fn(usize, usize) -> f32,
+    ahead: impl Fn(usize, usize),
+    tail: impl Fn(usize, &mut [f32], &[f32]),
+) {
+    assert!(m >= 8 && x.len() >= m * k);
     let eights = m / 8 * 8;
     for (p, d) in dst.chunks_exact_mut(2 * m).enumerate() {
         let o = first + 2 * p;
-        let pair = [&w[o * k..(o + 1) * k], &w[(o + 1) * k..(o + 2) * k]];
-        let (d0, d1) = d.split_at_mut(m);
         for b in (0..eights).step_by(8) {
-            // SAFETY: `eight_products` asks only for `i + 16 <= k`; branches `b..b + 8`
-            // of `x` hold `k` floats each (the caller's contract).
+            // SAFETY: branches `b..b + 8` of `x` hold `k` floats each (asserted); the
+            // weights' contract is the caller's.
             let sums = unsafe {
                 eight_products::<2>(
                     k,
-                    |r, i| _mm512_loadu_ps(pair[r].as_ptr().add(i)),
-                    |r, j| pair[r][j],
-                    |i| prefetch_ahead(pair[1], i),
+                    |r, i| weights(o + r, i),
+                    |r, j| weight(o + r, j),
+                    |i| ahead(o + 1, i),
                     &x[b * k..],
                     k,
                 )
             };
-            for (dr, sr) in [&mut *d0, &mut *d1].into_iter().zip(sums) {
+            for (dr, sr) in d.chunks_exact_mut(m).zip(sums) {
                 for (dv, s) in dr[b..b + 8].iter_mut().zip(sr) {
                     // As `dot_rows_generic` does: zero, then add (keeps a -0.0 sum +0.0).
                     *dv = 0.0;
@@ -294,10 +383,10 @@ unsafe fn dot_f32_pairs_avx512(
             }
         }
         if eights < m {
-            for (row, dr) in pair.into_iter().zip([d0, d1]) {
-                let tail = &mut dr[eights..];
-                tail.fill(0.0);
-                dot_rows_add(row, &x[eights * k..], k, tail);
+            for (r, dr) in d.chunks_exact_mut(m).enumerate() {
+                let rest = &mut dr[eights..];
+                rest.fill(0.0);
+                tail(o + r, rest, &x[eights * k..]);
             }
         }
     }

@@ -236,17 +236,73 @@ fn expand_generic(nibbles: &[u8], scales: &[[f32; 2]], out: &mut [f32]) {
 unsafe fn expand_avx512(nibbles: &[u8], scales: &[[f32; 2]], out: &mut [f32]) {
     use std::arch::x86_64::*;
     assert!(nibbles.len() == scales.len() * BLOCK / 2 && out.len() == scales.len() * BLOCK);
-    let low_bits = _mm512_set1_epi32(0x0f);
-    for (j, &[d, m]) in scales.iter().enumerate() {
+    for (j, &scale) in scales.iter().enumerate() {
         // SAFETY: block `j` has 16 bytes at `16j` and 32 outputs at `32j` (asserted).
         unsafe {
-            let bytes = _mm_loadu_si128(nibbles.as_ptr().add(j * BLOCK / 2) as *const __m128i);
-            let wide = _mm512_cvtepu8_epi32(bytes);
-            let (d, m) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
-            let value = |q: __m512i| _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), d), m);
+            let q = block_codes(nibbles.as_ptr().add(j * BLOCK / 2));
             let dst = out.as_mut_ptr().add(j * BLOCK);
-            _mm512_storeu_ps(dst, value(_mm512_and_si512(wide, low_bits)));
-            _mm512_storeu_ps(dst.add(BLOCK / 2), value(_mm512_srli_epi32::<4>(wide)));
+            _mm512_storeu_ps(dst, block_values::<0>(q, scale));
+            _mm512_storeu_ps(dst.add(BLOCK / 2), block_values::<1>(q, scale));
+        }
+    }
+}
+
+/// A block's 16 bytes of nibbles, one byte per 32-bit lane.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and `p` must point at 16 readable bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_codes(p: *const u8) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i)) }
+}
+
+/// The f32 values of the block's first (`HALF` 0: low nibbles) or second 16 weights,
+/// `q * d + m` with both roundings.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_values<const HALF: u32>(
+    codes: std::arch::x86_64::__m512i,
+    [d, m]: [f32; 2],
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let q = if HALF == 0 {
+        _mm512_and_si512(codes, _mm512_set1_epi32(0x0f))
+    } else {
+        _mm512_srli_epi32::<4>(codes)
+    };
+    _mm512_add_ps(
+        _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(d)),
+        _mm512_set1_ps(m),
+    )
+}
+
+impl Q4Rows {
+    /// Weights `i..i + 16` of row `r`, in registers, exactly as [`Q4Rows::expand_row`]
+    /// writes them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `r < rows`, `i + 16 <= cols` and `i` is a multiple
+    /// of 16.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) unsafe fn expand16(&self, r: usize, i: usize) -> std::arch::x86_64::__m512 {
+        debug_assert!(r < self.rows && i + 16 <= self.cols && i % 16 == 0);
+        let block = (r * self.cols + i) / BLOCK;
+        // SAFETY: block `block` lies in the matrix (the caller's contract).
+        unsafe {
+            let codes = block_codes(self.nibbles.as_ptr().add(block * BLOCK / 2));
+            let scale = *self.scales.get_unchecked(block);
+            if i % BLOCK == 0 {
+                block_values::<0>(codes, scale)
+            } else {
+                block_values::<1>(codes, scale)
+            }
         }
     }
 }
