@@ -318,7 +318,7 @@ unsafe fn dot_q4_pairs_avx512(
     m: usize,
     dst: &mut [f32],
 ) {
-    assert!(w.cols() == k && k % 16 == 0 && first + dst.len() / m <= w.rows());
+    assert!(w.cols() == k && k.is_multiple_of(16) && first + dst.len() / m <= w.rows());
     // SAFETY: rows and columns in range (asserted; `eight_branch_pairs` asks for
     // `i + 16 <= k` with `i` a multiple of 16).
     let weights = |o: usize, i: usize| unsafe { w.expand16(o, i) };

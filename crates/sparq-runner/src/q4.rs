@@ -292,13 +292,13 @@ impl Q4Rows {
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(crate) unsafe fn expand16(&self, r: usize, i: usize) -> std::arch::x86_64::__m512 {
-        debug_assert!(r < self.rows && i + 16 <= self.cols && i % 16 == 0);
+        debug_assert!(r < self.rows && i + 16 <= self.cols && i.is_multiple_of(16));
         let block = (r * self.cols + i) / BLOCK;
         // SAFETY: block `block` lies in the matrix (the caller's contract).
         unsafe {
             let codes = block_codes(self.nibbles.as_ptr().add(block * BLOCK / 2));
             let scale = *self.scales.get_unchecked(block);
-            if i % BLOCK == 0 {
+            if i.is_multiple_of(BLOCK) {
                 block_values::<0>(codes, scale)
             } else {
                 block_values::<1>(codes, scale)
