@@ -138,6 +138,12 @@ fn expanded_products(x: &[f32], m: usize, w: &Q4Rows, k: usize, first: usize, ds
         }
         return expanded_products(x, m, w, k, first + pairs, rest);
     }
+    #[cfg(target_arch = "x86_64")]
+    if m == 1 && std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected; the rows are the caller's, in `w`.
+        unsafe { dot_q4_single_avx512(w, x, first, dst) };
+        return;
+    }
     let at_once = if m == 1 { 4 } else { 2 };
     EXPANDED.with(|buf| {
         let mut buf = buf.borrow_mut();
@@ -334,6 +340,57 @@ unsafe fn dot_q4_pairs_avx512(
     };
     // SAFETY: the caller's contract.
     unsafe { eight_branch_pairs((first, k, m), x, dst, weights, weight, |_, _| {}, tail) };
+}
+
+/// One branch, rows in Q4_1 blocks: `dst[j] = w[first + j] . x`, four rows at a time
+/// expanded in registers, each summed exactly as [`dot_four_rows`] sums its f32 row (a
+/// block of 32 weights is its step: two 16-wide sums hold its four sets of 8 lanes),
+/// so the results are the f32 matrix's bits without a store and reload of the weights.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `x` holds `w.cols()` inputs and `w` the rows
+/// `first..first + dst.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_q4_single_avx512(w: &Q4Rows, x: &[f32], first: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let k = w.cols();
+    assert!(x.len() >= k && first + dst.len() <= w.rows() && k.is_multiple_of(32));
+    // SAFETY (both closures): callers pass `i + 16 <= k`.
+    let input = |i: usize| unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
+    let mut groups = dst.chunks_mut(4);
+    let mut o = first;
+    for d in &mut groups {
+        let rows = d.len();
+        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        for i in (0..k).step_by(32) {
+            let (x0, x1) = (input(i), input(i + 16));
+            if i % 128 == 0 {
+                // The same place in the next four rows: 64 bytes of nibbles each.
+                for r in 0..4 {
+                    w.prefetch(o + 4 + r, i);
+                }
+            }
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                // SAFETY: row `o + r` and columns `i..i + 32` lie in `w` (asserted).
+                let (w0, w1) = unsafe { (w.expand16(o + r, i), w.expand16(o + r, i + 16)) };
+                a[0] = _mm512_fmadd_ps(w0, x0, a[0]);
+                a[1] = _mm512_fmadd_ps(w1, x1, a[1]);
+            }
+        }
+        for (dv, a) in d.iter_mut().zip(&acc) {
+            // Lanes 0-15 are `dot_four_rows`' sets 0 and 1, lanes 16-31 sets 2 and 3.
+            let mut lanes = [[0.0f32; LANES]; 4];
+            // SAFETY: `lanes` holds 32 floats.
+            unsafe {
+                _mm512_storeu_ps(lanes.as_mut_ptr().cast(), a[0]);
+                _mm512_storeu_ps(lanes.as_mut_ptr().cast::<f32>().add(16), a[1]);
+            }
+            *dv = 0.0;
+            *dv += total(&lanes, &[], &[]);
+        }
+        o += rows;
+    }
 }
 
 /// Rows `first..` in pairs, `m >= 8` branches: each block of eight branches through

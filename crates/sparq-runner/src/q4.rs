@@ -145,18 +145,68 @@ impl Q4Rows {
         let k = self.cols;
         let x = &x[..k];
         let x_sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            for (g, d) in dst.chunks_mut(4).enumerate() {
+                // SAFETY: AVX-512F was just detected; the rows are the caller's.
+                unsafe { self.factored_avx512(x, &x_sums, first + 4 * g, d) };
+            }
+            return;
+        }
         let (row_bytes, row_blocks) = (k / 2, k / BLOCK);
         for (o, d) in (first..).zip(dst.iter_mut()) {
             let nibbles = &self.nibbles[o * row_bytes..(o + 1) * row_bytes];
             let scales = &self.scales[o * row_blocks..(o + 1) * row_blocks];
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: AVX-512F was just detected; the slices hold the same number of
-                // blocks (cut above).
-                *d = unsafe { factored_avx512(nibbles, scales, x, &x_sums) };
-                continue;
-            }
             *d = factored_generic(nibbles, scales, x, &x_sums);
+        }
+    }
+
+    /// [`factored_generic`] for up to four rows from `first` into `dst`, 16 lanes at a
+    /// time: each block's `q . x` is a vector, scaled by `d` into the row's
+    /// accumulator, and the offsets' share is added at the end. Each row's arithmetic
+    /// is the same whatever rows share the call; the next four rows are prefetched.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn factored_avx512(&self, x: &[f32], x_sums: &[f32], first: usize, dst: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let k = self.cols;
+        let rows = dst.len();
+        assert!(
+            rows <= 4 && first + rows <= self.rows && x.len() >= k && x_sums.len() * BLOCK == k
+        );
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (j, i) in (0..k).step_by(BLOCK).enumerate() {
+            if i % 128 == 0 {
+                for r in 0..4 {
+                    self.prefetch(first + 4 + r, i);
+                }
+            }
+            // SAFETY: inputs `i..i + 32` lie in `x` (asserted).
+            let (x0, x1) = unsafe {
+                let xp = x.as_ptr().add(i);
+                (_mm512_loadu_ps(xp), _mm512_loadu_ps(xp.add(BLOCK / 2)))
+            };
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let block = (first + r) * (k / BLOCK) + j;
+                // SAFETY: block `block` lies in the matrix (asserted rows and columns).
+                unsafe {
+                    let codes = block_codes(self.nibbles.as_ptr().add(block * BLOCK / 2));
+                    let lo = _mm512_cvtepi32_ps(_mm512_and_si512(codes, _mm512_set1_epi32(0x0f)));
+                    let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(codes));
+                    let q_dot = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
+                    let d = self.scales.get_unchecked(block)[0];
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(d), q_dot, *a);
+                }
+            }
+        }
+        for (r, (dv, a)) in dst.iter_mut().zip(acc).enumerate() {
+            let row_blocks = k / BLOCK;
+            let scales = &self.scales[(first + r) * row_blocks..(first + r + 1) * row_blocks];
+            let offsets: f32 = scales.iter().zip(x_sums).map(|(&[_, m], &s)| m * s).sum();
+            *dv = _mm512_reduce_add_ps(a) + offsets;
         }
     }
 }
@@ -179,36 +229,6 @@ fn factored_generic(nibbles: &[u8], scales: &[[f32; 2]], x: &[f32], x_sums: &[f3
         total += d * q_dot + m * x_sum;
     }
     total
-}
-
-/// [`factored_generic`] with 16 lanes: each block's `q . x` is a vector, scaled by `d`
-/// into the row's accumulator, and the offsets' share is added at the end.
-///
-/// # Safety
-/// The CPU must have AVX-512F; the slices must hold the same number of blocks.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn factored_avx512(nibbles: &[u8], scales: &[[f32; 2]], x: &[f32], x_sums: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    assert!(nibbles.len() == scales.len() * BLOCK / 2 && x.len() == scales.len() * BLOCK);
-    let low_bits = _mm512_set1_epi32(0x0f);
-    let mut acc = _mm512_setzero_ps();
-    let mut offsets = 0.0f32;
-    for (j, (&[d, m], &x_sum)) in scales.iter().zip(x_sums).enumerate() {
-        // SAFETY: block `j` has 16 bytes at `16j` and 32 inputs at `32j` (asserted).
-        unsafe {
-            let bytes = _mm_loadu_si128(nibbles.as_ptr().add(j * BLOCK / 2) as *const __m128i);
-            let wide = _mm512_cvtepu8_epi32(bytes);
-            let lo = _mm512_cvtepi32_ps(_mm512_and_si512(wide, low_bits));
-            let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(wide));
-            let xp = x.as_ptr().add(j * BLOCK);
-            let q_dot = _mm512_mul_ps(lo, _mm512_loadu_ps(xp));
-            let q_dot = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(BLOCK / 2)), q_dot);
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(d), q_dot, acc);
-        }
-        offsets += m * x_sum;
-    }
-    _mm512_reduce_add_ps(acc) + offsets
 }
 
 /// `q * d + m` for every weight, rounded as the dequantizer rounds (product, then sum;
@@ -283,6 +303,22 @@ unsafe fn block_values<const HALF: u32>(
 }
 
 impl Q4Rows {
+    /// Asks for the cache lines that hold row `r`'s weights from column `i` (a hint:
+    /// nothing is read, and a row past the end is harmless).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, r: usize, i: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let block = (r * self.cols + i) / BLOCK;
+        let nibbles = self.nibbles.as_ptr().wrapping_add(block * BLOCK / 2);
+        let scales = self.scales.as_ptr().wrapping_add(block);
+        // SAFETY: a prefetch never faults, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(nibbles as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(scales as *const i8);
+        }
+    }
+
     /// Weights `i..i + 16` of row `r`, in registers, exactly as [`Q4Rows::expand_row`]
     /// writes them.
     ///
