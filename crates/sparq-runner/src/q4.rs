@@ -8,6 +8,10 @@
 //! exactly as the f32 kernels do gives the same bits as the f32 matrix, while reading
 //! 0.75 bytes per weight instead of 4. A matrix is only kept in blocks after checking
 //! that they expand to the loaded f32 matrix bit for bit ([`Q4Rows::expands_to`]).
+//!
+//! The kernels expand rows into a buffer ([`Q4Rows::expand_row`]) or in registers
+//! ([`Q4Rows::expand16`], `kernels.rs`); `--dtype q4` instead multiplies the blocks
+//! factored, `d * (q . x) + m * sum(x)` ([`Q4Rows::factored_products`]).
 
 use half::f16;
 use rayon::prelude::*;
