@@ -10,7 +10,7 @@
 //! that they expand to the loaded f32 matrix bit for bit ([`Q4Rows::expands_to`]).
 //!
 //! The kernels expand rows into a buffer ([`Q4Rows::expand_row`]) or in registers
-//! ([`Q4Rows::expand16`], `kernels.rs`); `--dtype q4` instead multiplies the blocks
+//! (`Q4Rows::expand16`, `kernels.rs`); `--dtype q4` instead multiplies the blocks
 //! factored, `d * (q . x) + m * sum(x)` ([`Q4Rows::factored_products`]).
 
 use half::f16;
