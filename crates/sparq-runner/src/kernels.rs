@@ -356,11 +356,10 @@ unsafe fn dot_q4_single_avx512(w: &Q4Rows, x: &[f32], first: usize, dst: &mut [f
     use std::arch::x86_64::*;
     let k = w.cols();
     assert!(x.len() >= k && first + dst.len() <= w.rows() && k.is_multiple_of(32));
-    // SAFETY (both closures): callers pass `i + 16 <= k`.
+    // SAFETY: callers pass `i + 16 <= k`.
     let input = |i: usize| unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
-    let mut groups = dst.chunks_mut(4);
     let mut o = first;
-    for d in &mut groups {
+    for d in dst.chunks_mut(4) {
         let rows = d.len();
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
         for i in (0..k).step_by(32) {
