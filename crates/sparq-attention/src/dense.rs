@@ -80,7 +80,7 @@ multiversion! {
         outs: &mut [&mut [f32]],
         sc: &mut Scratch,
     ) {
-        kernels::dense_shared_prompt(queries, prompt, generated, outs, sc)
+        crate::shared_dense::dense_shared_prompt(queries, prompt, generated, outs, sc)
     }
 }
 

@@ -29,7 +29,8 @@ macro_rules! multiversion {
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
-                #[target_feature(enable = "avx2")]
+                // With `fma`: `mul_add` is then one instruction, not a libm call.
+                #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     imp($($arg),*)
                 }
@@ -41,7 +42,10 @@ macro_rules! multiversion {
                     // SAFETY: `avx512` requires no more than the CPU features just detected.
                     return unsafe { avx512($($arg),*) };
                 }
-                if $crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx2") {
+                if $crate::kernels::simd_enabled()
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                {
                     // SAFETY: `avx2` requires no more than the CPU features just detected.
                     return unsafe { avx2($($arg),*) };
                 }
@@ -386,6 +390,12 @@ const AHEAD: usize = 8;
 
 /// Asks for every cache line of `row` to be loaded; only a hint.
 #[inline(always)]
+pub(crate) fn prefetch_lines(row: &[f32]) {
+    prefetch(row)
+}
+
+/// Asks for every cache line of `row` to be loaded; only a hint.
+#[inline(always)]
 fn prefetch(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -461,92 +471,10 @@ pub(crate) fn subset_accumulate(w: &[f32], kv: &KvView<'_>, sel: &[u32], out: &m
 }
 
 /// Dense attention of the group over every position: the one-branch case of
-/// [`dense_shared_prompt`].
+/// [`crate::shared_dense::dense_shared_prompt`].
 #[inline(always)]
 pub(crate) fn dense(q: &[f32], kv: &KvView<'_>, out: &mut [f32], sc: &mut Scratch) {
-    dense_shared_prompt(&[q], kv.prompt, &[kv.generated], &mut [out], sc);
-}
-
-/// Dense attention of several branches' head groups over one shared prompt cache and
-/// each branch's own generated positions (all of one length). The prompt's keys and
-/// values are read once for every branch's heads, as if the branches were one larger
-/// group; each head's arithmetic does not depend on the other heads, so the outputs are
-/// bit-identical to one branch at a time. The softmax is left unnormalised through the
-/// value pass and each output divided once at the end, saving a pass.
-#[inline(always)]
-pub(crate) fn dense_shared_prompt(
-    queries: &[&[f32]],
-    prompt: &HeadKv,
-    generated: &[&HeadKv],
-    outs: &mut [&mut [f32]],
-    sc: &mut Scratch,
-) {
-    let d = prompt.head_dim();
-    let sp = prompt.len();
-    let sg = generated.first().map_or(0, |g| g.len());
-    let s = sp + sg;
-    let g = queries.first().map_or(0, |q| q.len() / d);
-    let heads = g * queries.len();
-    // All branches' scaled queries, heads contiguous: one group of `heads`.
-    let scale = 1.0 / (d as f32).sqrt();
-    sc.qs.clear();
-    for q in queries {
-        sc.qs.extend(q.iter().map(|x| x * scale));
-    }
-    let qs = &sc.qs[..];
-    let logits = slots(&mut sc.logits, heads * s);
-    let cols = every_column(d);
-    column_logits(prompt, &cols, qs, heads, logits, s);
-    for (b, gen) in generated.iter().enumerate() {
-        column_logits(
-            gen,
-            &cols,
-            &qs[b * g * d..(b + 1) * g * d],
-            g,
-            &mut logits[b * g * s + sp..],
-            s,
-        );
-    }
-    let inv = slots(&mut sc.rank, heads);
-    for (h, row) in logits.chunks_exact_mut(s).enumerate() {
-        let m = max(row);
-        inv[h] = 1.0 / exp_in_place(row, m);
-    }
-    let acc = slots(&mut sc.weights, heads * d);
-    acc.fill(0.0);
-    let values = prompt.values();
-    group_accumulate(
-        logits,
-        s,
-        d,
-        sp,
-        |j| &values[j * d..(j + 1) * d],
-        |_| {},
-        acc,
-    );
-    for (b, (gen, out)) in generated.iter().zip(outs.iter_mut()).enumerate() {
-        let gv = gen.values();
-        let out_b = &mut acc[b * g * d..(b + 1) * g * d];
-        group_accumulate(
-            &logits[b * g * s + sp..],
-            s,
-            d,
-            sg,
-            |j| &gv[j * d..(j + 1) * d],
-            |_| {},
-            out_b,
-        );
-        for (h, (o, a)) in out
-            .chunks_exact_mut(d)
-            .zip(out_b.chunks_exact(d))
-            .enumerate()
-        {
-            let inv_h = inv[b * g + h];
-            for (y, x) in o.iter_mut().zip(a) {
-                *y = x * inv_h;
-            }
-        }
-    }
+    crate::shared_dense::dense_shared_prompt(&[q], kv.prompt, &[kv.generated], &mut [out], sc);
 }
 
 /// The group's ranking of `s` positions from its heads' rows of `scores` (`g x s`): the

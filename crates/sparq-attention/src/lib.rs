@@ -19,6 +19,7 @@ mod kernels;
 pub mod lminf;
 pub mod method;
 pub mod oracle;
+mod shared_dense;
 pub mod sparq;
 pub mod spec;
 mod subset;
