@@ -284,7 +284,10 @@ unsafe fn block_codes(p: *const u8) -> std::arch::x86_64::__m512i {
 }
 
 /// The f32 values of the block's first (`HALF` 0: low nibbles) or second 16 weights,
-/// `q * d + m` with both roundings.
+/// `q * d + m` with both roundings, in one fused multiply-add: `d` is an f16 value (11
+/// significant bits) and `q` has 4, so `q * d` is exact in f32 and the product's
+/// rounding changes nothing. One operation fewer per 16 weights; `expands_to` checks
+/// the values against the loaded matrix bit for bit all the same.
 ///
 /// # Safety
 /// The CPU must have AVX-512F.
@@ -300,10 +303,7 @@ unsafe fn block_values<const HALF: u32>(
     } else {
         _mm512_srli_epi32::<4>(codes)
     };
-    _mm512_add_ps(
-        _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(d)),
-        _mm512_set1_ps(m),
-    )
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(d), _mm512_set1_ps(m))
 }
 
 impl Q4Rows {
