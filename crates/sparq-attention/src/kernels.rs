@@ -326,6 +326,22 @@ pub(crate) fn column_logits(
     z: &mut [f32],
     stride: usize,
 ) {
+    column_blocks(seg, cols, coef, (g, stride), z, axpy4, axpy);
+}
+
+/// [`column_logits`] with the ways four columns (`four`) or one (`one`) are added
+/// into a block of a head's sums given: dense attention adds them with fused
+/// multiply-adds, in order.
+#[inline(always)]
+pub(crate) fn column_blocks(
+    seg: &HeadKv,
+    cols: &[u32],
+    coef: &[f32],
+    (g, stride): (usize, usize),
+    z: &mut [f32],
+    four: impl Fn(&mut [f32], [f32; 4], [&[f32]; 4]),
+    one: impl Fn(&mut [f32], f32, &[f32]),
+) {
     let n = seg.len();
     let r = cols.len();
     let col = |j: usize, b0: usize, b1: usize| &seg.key_column(cols[j] as usize)[b0..b1];
@@ -345,7 +361,7 @@ pub(crate) fn column_logits(
             ];
             for h in 0..g {
                 let c = &coef[h * r + j..h * r + j + 4];
-                axpy4(
+                four(
                     &mut z[h * stride + b0..h * stride + b1],
                     [c[0], c[1], c[2], c[3]],
                     rows,
@@ -356,7 +372,7 @@ pub(crate) fn column_logits(
         while j < r {
             let row = col(j, b0, b1);
             for h in 0..g {
-                axpy(
+                one(
                     &mut z[h * stride + b0..h * stride + b1],
                     coef[h * r + j],
                     row,
@@ -369,7 +385,7 @@ pub(crate) fn column_logits(
 }
 
 /// `0, 1, .., d - 1`: every key component, for exact logits through [`column_logits`].
-fn every_column(d: usize) -> Vec<u32> {
+pub(crate) fn every_column(d: usize) -> Vec<u32> {
     (0..d as u32).collect()
 }
 

@@ -24,7 +24,7 @@
 //! faster, one branch no slower (`docs/BENCHMARKS.md`).
 
 use crate::cache::HeadKv;
-use crate::kernels::{exp, max, slots, Scratch, BLOCK};
+use crate::kernels::{column_blocks, every_column, exp, max, slots, Scratch};
 
 /// From this many heads the logits run along heads (see the module doc).
 const LANES_ALONG_HEADS_FROM: usize = 8;
@@ -206,40 +206,16 @@ pub(crate) fn dense_shared_prompt(
 /// positions and four components at a time, for every head.
 #[inline(always)]
 fn logits_along_positions(seg: &HeadKv, qs: &[f32], z: &mut [f32], stride: usize) {
-    let n = seg.len();
     let d = seg.head_dim();
-    let g = qs.len() / d;
-    let mut b0 = 0;
-    while b0 < n {
-        let b1 = (b0 + BLOCK).min(n);
-        for h in 0..g {
-            z[h * stride + b0..h * stride + b1].fill(0.0);
-        }
-        let col = |c: usize| &seg.key_column(c)[b0..b1];
-        let mut c = 0;
-        while c + 4 <= d {
-            let cols = [col(c), col(c + 1), col(c + 2), col(c + 3)];
-            for h in 0..g {
-                let q = &qs[h * d + c..h * d + c + 4];
-                fma4(
-                    &mut z[h * stride + b0..h * stride + b1],
-                    [q[0], q[1], q[2], q[3]],
-                    cols,
-                );
-            }
-            c += 4;
-        }
-        while c < d {
-            let kc = col(c);
-            for h in 0..g {
-                let q = qs[h * d + c];
-                for (y, &k) in z[h * stride + b0..h * stride + b1].iter_mut().zip(kc) {
-                    *y = q.mul_add(k, *y);
-                }
-            }
-            c += 1;
-        }
-        b0 = b1;
+    let every = every_column(d);
+    column_blocks(seg, &every, qs, (qs.len() / d, stride), z, fma4, fma1);
+}
+
+/// `y = fma(a, x, y)`: one component of each logit.
+#[inline(always)]
+fn fma1(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = a.mul_add(x, *y);
     }
 }
 
