@@ -406,13 +406,7 @@ const AHEAD: usize = 8;
 
 /// Asks for every cache line of `row` to be loaded; only a hint.
 #[inline(always)]
-pub(crate) fn prefetch_lines(row: &[f32]) {
-    prefetch(row)
-}
-
-/// Asks for every cache line of `row` to be loaded; only a hint.
-#[inline(always)]
-fn prefetch(row: &[f32]) {
+pub(crate) fn prefetch(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
