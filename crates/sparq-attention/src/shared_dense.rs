@@ -99,6 +99,8 @@ pub(crate) fn dense_shared_prompt(
     let qs = &sc.qs[..];
     let grid = Grid::new(heads, s);
     let z = slots(&mut sc.logits, grid.len);
+    // Every key component, for the logits whose lanes run along positions.
+    let every = every_column(d);
     // 1. logits of the prompt's positions, then of each branch's own
     if grid.along_heads() {
         let lanes = grid.pos_stride;
@@ -112,7 +114,7 @@ pub(crate) fn dense_shared_prompt(
         logits_along_heads(qt, lanes, prompt.keys(), sp, d, &mut z[..sp * lanes]);
         let own = slots(&mut sc.rank, g * sg);
         for (b, gen) in generated.iter().enumerate() {
-            logits_along_positions(gen, &qs[b * g * d..(b + 1) * g * d], own, sg);
+            logits_along_positions(gen, &every, &qs[b * g * d..(b + 1) * g * d], own, sg);
             for h in 0..g {
                 for j in 0..sg {
                     z[grid.at(b * g + h, sp + j)] = own[h * sg + j];
@@ -120,10 +122,10 @@ pub(crate) fn dense_shared_prompt(
             }
         }
     } else {
-        logits_along_positions(prompt, qs, z, s);
+        logits_along_positions(prompt, &every, qs, z, s);
         for (b, gen) in generated.iter().enumerate() {
             let heads_b = &qs[b * g * d..(b + 1) * g * d];
-            logits_along_positions(gen, heads_b, &mut z[b * g * s + sp..], s);
+            logits_along_positions(gen, &every, heads_b, &mut z[b * g * s + sp..], s);
         }
     }
     // 2. unnormalised softmax weights
@@ -202,13 +204,12 @@ pub(crate) fn dense_shared_prompt(
 }
 
 /// `z[h * stride + p] = q_h . k_p` for the positions of `seg` and the heads of `qs`
-/// (`g x d`), with the lanes along positions: the transposed keys are read a block of
+/// (`g x d`) over the components `every` (`0..d`), with the lanes along positions: the transposed keys are read a block of
 /// positions and four components at a time, for every head.
 #[inline(always)]
-fn logits_along_positions(seg: &HeadKv, qs: &[f32], z: &mut [f32], stride: usize) {
+fn logits_along_positions(seg: &HeadKv, every: &[u32], qs: &[f32], z: &mut [f32], stride: usize) {
     let d = seg.head_dim();
-    let every = every_column(d);
-    column_blocks(seg, &every, qs, (qs.len() / d, stride), z, fma4, fma1);
+    column_blocks(seg, every, qs, (qs.len() / d, stride), z, fma4, fma1);
 }
 
 /// `y = fma(a, x, y)`: one component of each logit.
