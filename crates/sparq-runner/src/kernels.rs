@@ -292,21 +292,22 @@ unsafe fn dot_f32_pairs_avx512(
 ) {
     use std::arch::x86_64::_mm512_loadu_ps;
     let row = |o: usize| &w[o * k..(o + 1) * k];
-    // SAFETY: `eight_branch_pairs` asks for `i + 16 <= k` only.
-    let weights = |o: usize, i: usize| unsafe { _mm512_loadu_ps(row(o).as_ptr().add(i)) };
-    let tail = |o: usize, dst: &mut [f32], xs: &[f32]| dot_rows_add(row(o), xs, k, dst);
-    // SAFETY: the caller's contract.
-    unsafe {
-        eight_branch_pairs(
-            (first, k, m),
-            x,
-            dst,
-            weights,
-            |o, j| row(o)[j],
-            |o, i| prefetch_ahead(row(o), i),
-            tail,
-        )
+    let products = |o: usize, xs: &[f32]| {
+        // SAFETY: the CPU has AVX-512F (the caller's contract); `eight_products` asks
+        // for `i + 16 <= k` only, and `xs` holds eight rows of `k`.
+        unsafe {
+            eight_products::<2>(
+                k,
+                |r, i| _mm512_loadu_ps(row(o + r).as_ptr().add(i)),
+                |r, j| row(o + r)[j],
+                |i| prefetch_ahead(row(o + 1), i),
+                xs,
+                k,
+            )
+        }
     };
+    let tail = |o: usize, dst: &mut [f32], xs: &[f32]| dot_rows_add(row(o), xs, k, dst);
+    eight_branch_pairs((first, k, m), x, dst, products, tail);
 }
 
 /// [`dot_f32_pairs_avx512`] for rows in Q4_1 blocks, expanded in registers to the
@@ -324,12 +325,10 @@ unsafe fn dot_q4_pairs_avx512(
     m: usize,
     dst: &mut [f32],
 ) {
-    assert!(w.cols() == k && k.is_multiple_of(16) && first + dst.len() / m <= w.rows());
-    // SAFETY: rows and columns in range (asserted; `eight_branch_pairs` asks for
-    // `i + 16 <= k` with `i` a multiple of 16).
-    let weights = |o: usize, i: usize| unsafe { w.expand16(o, i) };
-    // Rows are whole blocks of 32, so no weight is left past the last 16.
-    let weight = |_: usize, _: usize| -> f32 { unreachable!("Q4_1 rows have no tail") };
+    assert!(w.cols() == k && k.is_multiple_of(32) && first + dst.len() / m <= w.rows());
+    // SAFETY: rows `o, o + 1` lie in `w` (asserted: `eight_branch_pairs` passes the
+    // caller's rows) and `xs` holds eight rows of `k`.
+    let products = |o: usize, xs: &[f32]| unsafe { eight_q4_products(w, o, xs) };
     let tail = |o: usize, dst: &mut [f32], xs: &[f32]| {
         EXPANDED.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -338,8 +337,39 @@ unsafe fn dot_q4_pairs_avx512(
             dot_rows_add(&buf, xs, k, dst);
         })
     };
-    // SAFETY: the caller's contract.
-    unsafe { eight_branch_pairs((first, k, m), x, dst, weights, weight, |_, _| {}, tail) };
+    eight_branch_pairs((first, k, m), x, dst, products, tail);
+}
+
+/// [`eight_products`]`::<2>` for the Q4_1 rows `o` and `o + 1`, with the same sums
+/// bit for bit (each (row, branch) product a 16-lane chain over the columns in
+/// order), a block of 32 columns per step: one widening of each row's nibbles
+/// serves both halves, and there is no branch in the loop. Through `eight_products`
+/// the compiler kept three of the 16 sums on the stack.
+///
+/// # Safety
+/// The CPU must have AVX-512F; rows `o` and `o + 1` lie in `w`, and `x` holds 8 rows
+/// of `w.cols()`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn eight_q4_products(w: &Q4Rows, o: usize, x: &[f32]) -> [[f32; 8]; 2] {
+    use std::arch::x86_64::*;
+    let k = w.cols();
+    debug_assert!(o + 2 <= w.rows() && x.len() >= 8 * k);
+    let mut acc = [[_mm512_setzero_ps(); 8]; 2];
+    for i in (0..k).step_by(32) {
+        // SAFETY: rows and columns in range (the caller's contract); `i + 32 <= k`.
+        unsafe {
+            let rows = [w.expand32(o, i), w.expand32(o + 1, i)];
+            for half in 0..2 {
+                for b in 0..8 {
+                    let xv = _mm512_loadu_ps(x.as_ptr().add(b * k + i + 16 * half));
+                    acc[0][b] = _mm512_fmadd_ps(rows[0][half], xv, acc[0][b]);
+                    acc[1][b] = _mm512_fmadd_ps(rows[1][half], xv, acc[1][b]);
+                }
+            }
+        }
+    }
+    acc.map(|row| row.map(|a| _mm512_reduce_add_ps(a)))
 }
 
 /// One branch, rows in Q4_1 blocks: `dst[j] = w[first + j] . x`, four rows at a time
@@ -372,7 +402,7 @@ unsafe fn dot_q4_single_avx512(w: &Q4Rows, x: &[f32], first: usize, dst: &mut [f
             }
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
                 // SAFETY: row `o + r` and columns `i..i + 32` lie in `w` (asserted).
-                let (w0, w1) = unsafe { (w.expand16(o + r, i), w.expand16(o + r, i + 16)) };
+                let [w0, w1] = unsafe { w.expand32(o + r, i) };
                 a[0] = _mm512_fmadd_ps(w0, x0, a[0]);
                 a[1] = _mm512_fmadd_ps(w1, x1, a[1]);
             }
@@ -393,24 +423,16 @@ unsafe fn dot_q4_single_avx512(w: &Q4Rows, x: &[f32], first: usize, dst: &mut [f
 }
 
 /// Rows `first..` in pairs, `m >= 8` branches: each block of eight branches through
-/// [`eight_products`] with the pair's weights from `weights(row, i)` (16 at a time;
-/// `weight(row, j)` one at a time for a tail, `ahead(row, i)` to prefetch); the
-/// branches past the last eight through `tail(row, dst, x)`, which adds them into
-/// `dst` (zeroed).
-///
-/// # Safety
-/// The CPU must have AVX-512F (callers are compiled for it); `x` holds `m` rows of
-/// `k` and `weights` gives 16 weights for `i + 16 <= k`.
+/// `products(row, x)`, which gives the pair's sums from `row` for the eight rows of
+/// `x` from its start; the branches past the last eight through `tail(row, dst, x)`,
+/// which adds them into `dst` (zeroed).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn eight_branch_pairs(
+fn eight_branch_pairs(
     (first, k, m): (usize, usize, usize),
     x: &[f32],
     dst: &mut [f32],
-    weights: impl Fn(usize, usize) -> std::arch::x86_64::__m512,
-    weight: impl Fn(usize, usize) -> f32,
-    ahead: impl Fn(usize, usize),
+    products: impl Fn(usize, &[f32]) -> [[f32; 8]; 2],
     tail: impl Fn(usize, &mut [f32], &[f32]),
 ) {
     assert!(m >= 8 && x.len() >= m * k);
@@ -418,18 +440,7 @@ unsafe fn eight_branch_pairs(
     for (p, d) in dst.chunks_exact_mut(2 * m).enumerate() {
         let o = first + 2 * p;
         for b in (0..eights).step_by(8) {
-            // SAFETY: branches `b..b + 8` of `x` hold `k` floats each (asserted); the
-            // weights' contract is the caller's.
-            let sums = unsafe {
-                eight_products::<2>(
-                    k,
-                    |r, i| weights(o + r, i),
-                    |r, j| weight(o + r, j),
-                    |i| ahead(o + 1, i),
-                    &x[b * k..],
-                    k,
-                )
-            };
+            let sums = products(o, &x[b * k..]);
             for (dr, sr) in d.chunks_exact_mut(m).zip(sums) {
                 for (dv, s) in dr[b..b + 8].iter_mut().zip(sr) {
                     // As `dot_rows_generic` does: zero, then add (keeps a -0.0 sum +0.0).

@@ -10,7 +10,7 @@
 //! that they expand to the loaded f32 matrix bit for bit ([`Q4Rows::expands_to`]).
 //!
 //! The kernels expand rows into a buffer ([`Q4Rows::expand_row`]) or in registers
-//! (`Q4Rows::expand16`, `kernels.rs`); `--dtype q4` instead multiplies the blocks
+//! (`Q4Rows::expand32`, `kernels.rs`); `--dtype q4` instead multiplies the blocks
 //! factored, `d * (q . x) + m * sum(x)` ([`Q4Rows::factored_products`]).
 
 use half::f16;
@@ -260,13 +260,14 @@ fn expand_generic(nibbles: &[u8], scales: &[[f32; 2]], out: &mut [f32]) {
 unsafe fn expand_avx512(nibbles: &[u8], scales: &[[f32; 2]], out: &mut [f32]) {
     use std::arch::x86_64::*;
     assert!(nibbles.len() == scales.len() * BLOCK / 2 && out.len() == scales.len() * BLOCK);
-    for (j, &scale) in scales.iter().enumerate() {
+    for (j, &[d, m]) in scales.iter().enumerate() {
         // SAFETY: block `j` has 16 bytes at `16j` and 32 outputs at `32j` (asserted).
         unsafe {
             let q = block_codes(nibbles.as_ptr().add(j * BLOCK / 2));
+            let (d, m) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
             let dst = out.as_mut_ptr().add(j * BLOCK);
-            _mm512_storeu_ps(dst, block_values::<0>(q, scale));
-            _mm512_storeu_ps(dst.add(BLOCK / 2), block_values::<1>(q, scale));
+            _mm512_storeu_ps(dst, block_values::<0>(q, d, m));
+            _mm512_storeu_ps(dst.add(BLOCK / 2), block_values::<1>(q, d, m));
         }
     }
 }
@@ -295,7 +296,8 @@ unsafe fn block_codes(p: *const u8) -> std::arch::x86_64::__m512i {
 #[inline(always)]
 unsafe fn block_values<const HALF: u32>(
     codes: std::arch::x86_64::__m512i,
-    [d, m]: [f32; 2],
+    d: std::arch::x86_64::__m512,
+    m: std::arch::x86_64::__m512,
 ) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let q = if HALF == 0 {
@@ -303,7 +305,7 @@ unsafe fn block_values<const HALF: u32>(
     } else {
         _mm512_srli_epi32::<4>(codes)
     };
-    _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(d), _mm512_set1_ps(m))
+    _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), d, m)
 }
 
 impl Q4Rows {
@@ -323,26 +325,31 @@ impl Q4Rows {
         }
     }
 
-    /// Weights `i..i + 16` of row `r`, in registers, exactly as [`Q4Rows::expand_row`]
-    /// writes them.
+    /// The block of row `r` from column `i` (32 weights), in registers, exactly as
+    /// [`Q4Rows::expand_row`] writes them: its nibbles are widened once for both
+    /// halves, and `d` and `m` are broadcast straight from memory (loading the pair
+    /// as one word and splitting it, as the compiler did for `[f32; 2]`, cost two
+    /// shuffles per block on the port the products need).
     ///
     /// # Safety
-    /// The CPU must have AVX-512F; `r < rows`, `i + 16 <= cols` and `i` is a multiple
-    /// of 16.
+    /// The CPU must have AVX-512F; `r < rows`, `i + 32 <= cols` and `i` is a multiple
+    /// of 32.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    pub(crate) unsafe fn expand16(&self, r: usize, i: usize) -> std::arch::x86_64::__m512 {
-        debug_assert!(r < self.rows && i + 16 <= self.cols && i.is_multiple_of(16));
+    pub(crate) unsafe fn expand32(&self, r: usize, i: usize) -> [std::arch::x86_64::__m512; 2] {
+        use std::arch::x86_64::*;
+        debug_assert!(r < self.rows && i + BLOCK <= self.cols && i.is_multiple_of(BLOCK));
         let block = (r * self.cols + i) / BLOCK;
         // SAFETY: block `block` lies in the matrix (the caller's contract).
         unsafe {
             let codes = block_codes(self.nibbles.as_ptr().add(block * BLOCK / 2));
-            let scale = *self.scales.get_unchecked(block);
-            if i.is_multiple_of(BLOCK) {
-                block_values::<0>(codes, scale)
-            } else {
-                block_values::<1>(codes, scale)
-            }
+            let scale = self.scales.as_ptr().add(block).cast::<f32>();
+            let d = _mm512_broadcastss_ps(_mm_load_ss(scale));
+            let m = _mm512_broadcastss_ps(_mm_load_ss(scale.add(1)));
+            [
+                block_values::<0>(codes, d, m),
+                block_values::<1>(codes, d, m),
+            ]
         }
     }
 }
