@@ -359,12 +359,13 @@ unsafe fn eight_q4_products(w: &Q4Rows, o: usize, x: &[f32]) -> [[f32; 8]; 2] {
     for i in (0..k).step_by(32) {
         // SAFETY: rows and columns in range (the caller's contract); `i + 32 <= k`.
         unsafe {
-            let rows = [w.expand32(o, i), w.expand32(o + 1, i)];
-            for half in 0..2 {
-                for b in 0..8 {
+            let (first, second) = (w.expand32(o, i), w.expand32(o + 1, i));
+            for (half, (w0, w1)) in first.into_iter().zip(second).enumerate() {
+                let [a0, a1] = &mut acc;
+                for (b, (s0, s1)) in a0.iter_mut().zip(a1.iter_mut()).enumerate() {
                     let xv = _mm512_loadu_ps(x.as_ptr().add(b * k + i + 16 * half));
-                    acc[0][b] = _mm512_fmadd_ps(rows[0][half], xv, acc[0][b]);
-                    acc[1][b] = _mm512_fmadd_ps(rows[1][half], xv, acc[1][b]);
+                    *s0 = _mm512_fmadd_ps(w0, xv, *s0);
+                    *s1 = _mm512_fmadd_ps(w1, xv, *s1);
                 }
             }
         }
