@@ -102,6 +102,16 @@ pub(crate) fn dense_shared_prompt(
     // Every key component, for the logits whose lanes run along positions.
     let every = every_column(d);
     // 1. logits of the prompt's positions, then of each branch's own
+    // Each head's largest logit, found with the logits when the lanes run along heads
+    // (the other way, the softmax finds them itself).
+    let top = slots(
+        &mut sc.maxima,
+        if grid.along_heads() {
+            grid.pos_stride
+        } else {
+            0
+        },
+    );
     if grid.along_heads() {
         let lanes = grid.pos_stride;
         let qt = slots(&mut sc.weights, d * lanes);
@@ -111,13 +121,17 @@ pub(crate) fn dense_shared_prompt(
                 qt[c * lanes + h] = x;
             }
         }
-        logits_along_heads(qt, lanes, prompt.keys(), sp, d, &mut z[..sp * lanes]);
+        top.fill(f32::NEG_INFINITY);
+        logits_along_heads(qt, lanes, prompt.keys(), sp, d, &mut z[..sp * lanes], top);
         let own = slots(&mut sc.rank, g * sg);
         for (b, gen) in generated.iter().enumerate() {
             logits_along_positions(gen, &every, &qs[b * g * d..(b + 1) * g * d], own, sg);
             for h in 0..g {
+                let m = &mut top[b * g + h];
                 for j in 0..sg {
-                    z[grid.at(b * g + h, sp + j)] = own[h * sg + j];
+                    let x = own[h * sg + j];
+                    z[grid.at(b * g + h, sp + j)] = x;
+                    *m = if x > *m { x } else { *m };
                 }
             }
         }
@@ -128,21 +142,17 @@ pub(crate) fn dense_shared_prompt(
             logits_along_positions(gen, &every, heads_b, &mut z[b * g * s + sp..], s);
         }
     }
-    // 2. unnormalised softmax weights
+    // 2. unnormalised softmax weights; with the lanes along heads, also their sums,
+    //    each a chain over the positions in order (the prompt's, then the branch's
+    //    own: the order `accumulate` adds them in when the lanes run along positions)
+    let sums = slots(&mut sc.rank, heads.max(grid.pos_stride));
+    sums.fill(0.0);
     if grid.along_heads() {
-        let lanes = grid.pos_stride;
-        for l0 in (0..heads).step_by(LANES) {
-            // One register's worth of heads at a time, its maxima kept in a register.
-            let mut top = [f32::NEG_INFINITY; LANES];
-            for row in z.chunks_exact(lanes) {
-                for (m, &x) in top.iter_mut().zip(&row[l0..l0 + LANES]) {
-                    *m = if x > *m { x } else { *m };
-                }
-            }
-            for row in z.chunks_exact_mut(lanes) {
-                for (x, &m) in row[l0..l0 + LANES].iter_mut().zip(&top) {
-                    *x = exp(*x - m);
-                }
+        // The maxima came with the logits; padding lanes hold 0 (zero queries).
+        for row in z.chunks_exact_mut(grid.pos_stride) {
+            for ((x, &m), sum) in row.iter_mut().zip(&*top).zip(sums.iter_mut()) {
+                *x = exp(*x - m);
+                *sum += *x;
             }
         }
     } else {
@@ -160,8 +170,7 @@ pub(crate) fn dense_shared_prompt(
     let chunk = (16 * 1024 / (4 * d)).max(1);
     let acc = slots(&mut sc.weights, heads * d);
     acc.fill(0.0);
-    let sums = slots(&mut sc.rank, heads);
-    sums.fill(0.0);
+    let add_sums = !grid.along_heads();
     let values = prompt.values();
     let mut p0 = 0;
     while p0 < sp {
@@ -169,12 +178,20 @@ pub(crate) fn dense_shared_prompt(
         let mut h0 = 0;
         while h0 < heads {
             let nb = per_block.min(heads - h0);
+            // The first block of heads reads the chunk from memory (prefetching
+            // ahead, into the next chunk); the others find it in the L1 cache.
+            let rows = ValueRows {
+                values: &values[p0 * d..],
+                first: p0,
+                n: p1 - p0,
+                prefetch: h0 == 0,
+            };
             accumulate(
                 |k, p| z[grid.at(h0 + k, p)],
-                &values[p0 * d..p1 * d],
-                p0,
+                rows,
                 &mut acc[h0 * d..(h0 + nb) * d],
-                &mut sums[h0..h0 + nb],
+                nb,
+                add_sums.then_some(&mut sums[h0..h0 + nb]),
             );
             h0 += nb;
         }
@@ -185,12 +202,18 @@ pub(crate) fn dense_shared_prompt(
         let mut h0 = first;
         while h0 < last {
             let nb = per_block.min(last - h0);
+            let rows = ValueRows {
+                values: gen.values(),
+                first: sp,
+                n: sg,
+                prefetch: h0 == first,
+            };
             accumulate(
                 |k, p| z[grid.at(h0 + k, p)],
-                gen.values(),
-                sp,
+                rows,
                 &mut acc[h0 * d..(h0 + nb) * d],
-                &mut sums[h0..h0 + nb],
+                nb,
+                add_sums.then_some(&mut sums[h0..h0 + nb]),
             );
             h0 += nb;
         }
@@ -235,105 +258,197 @@ fn fma4(y: &mut [f32], a: [f32; 4], x: [&[f32]; 4]) {
 }
 
 /// `z[p * lanes + h] = q_h . k_p` for the first `n` rows of `keys` (`n x d`) and every
-/// lane of `qt` (`d x lanes`, the queries transposed), with the lanes along heads.
+/// lane of `qt` (`d x lanes`, the queries transposed), with the lanes along heads;
+/// `top[h]` becomes the larger of itself and every `z[p * lanes + h]`.
 #[inline(always)]
-fn logits_along_heads(qt: &[f32], lanes: usize, keys: &[f32], n: usize, d: usize, z: &mut [f32]) {
+fn logits_along_heads(
+    qt: &[f32],
+    lanes: usize,
+    keys: &[f32],
+    n: usize,
+    d: usize,
+    z: &mut [f32],
+    top: &mut [f32],
+) {
     assert!(qt.len() >= d * lanes && keys.len() >= n * d && z.len() >= n * lanes);
-    assert_eq!(lanes % LANES, 0);
+    assert!(lanes.is_multiple_of(LANES) && top.len() == lanes);
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (just detected); the lengths were checked above.
+        unsafe { logits_along_heads_avx512(qt, lanes, keys, n, d, z, top) };
+        return;
+    }
+    for (p, row) in z[..n * lanes].chunks_exact_mut(lanes).enumerate() {
+        for (h, (y, m)) in row.iter_mut().zip(top.iter_mut()).enumerate() {
+            let mut acc = 0.0f32;
+            for (c, &k) in keys[p * d..(p + 1) * d].iter().enumerate() {
+                acc = k.mul_add(qt[c * lanes + h], acc);
+            }
+            *y = acc;
+            *m = if acc > *m { acc } else { *m };
+        }
+    }
+}
+
+/// [`logits_along_heads`] with the lanes in registers: eight positions at a time, two
+/// registers of heads at once (each broadcast key component then feeds two fused
+/// multiply-adds; one register at a time, the broadcasts' loads bound the loop), the
+/// maxima kept beside the sums.
+///
+/// # Safety
+/// The CPU must have AVX-512F; the lengths are those `logits_along_heads` asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn logits_along_heads_avx512(
+    qt: &[f32],
+    lanes: usize,
+    keys: &[f32],
+    n: usize,
+    d: usize,
+    z: &mut [f32],
+    top: &mut [f32],
+) {
     let mut p = 0;
     while p + POSITIONS <= n {
-        // The rows four blocks on stream in while this block is summed: with the sums
-        // now cheap, waiting on memory was most of this loop (`bench attention`, g =
-        // 24: 230-249 µs without the prefetches, 193-211 with them).
-        if let Some(ahead) = keys.get((p + 4 * POSITIONS) * d..(p + 5 * POSITIONS) * d) {
-            crate::kernels::prefetch(ahead);
+        // The rows four blocks on, prefetched a line every other component while this
+        // block is summed (the keys come from memory). All at once, the prefetches
+        // queued behind full fill buffers and were a fifth of the kernel.
+        let ahead = keys.as_ptr().wrapping_add((p + 4 * POSITIONS) * d);
+        let mut chunk = 0;
+        // SAFETY (both calls): rows `p..p + POSITIONS` lie in `keys` and `z`, and the
+        // chunks in `qt`, `z`'s rows and `top` (the caller's contract).
+        while chunk + 2 * LANES <= lanes {
+            unsafe {
+                rows_along_heads::<POSITIONS, 2>(
+                    qt,
+                    lanes,
+                    chunk,
+                    &keys[p * d..],
+                    d,
+                    &mut z[p * lanes..],
+                    top,
+                    (chunk == 0).then_some(ahead),
+                )
+            };
+            chunk += 2 * LANES;
         }
-        rows_along_heads::<POSITIONS>(qt, lanes, &keys[p * d..], d, &mut z[p * lanes..]);
+        if chunk < lanes {
+            unsafe {
+                rows_along_heads::<POSITIONS, 1>(
+                    qt,
+                    lanes,
+                    chunk,
+                    &keys[p * d..],
+                    d,
+                    &mut z[p * lanes..],
+                    top,
+                    (chunk == 0).then_some(ahead),
+                )
+            };
+        }
         p += POSITIONS;
     }
     while p < n {
-        rows_along_heads::<1>(qt, lanes, &keys[p * d..], d, &mut z[p * lanes..]);
+        for chunk in (0..lanes).step_by(LANES) {
+            // SAFETY: row `p` lies in `keys` and `z`.
+            unsafe {
+                rows_along_heads::<1, 1>(
+                    qt,
+                    lanes,
+                    chunk,
+                    &keys[p * d..],
+                    d,
+                    &mut z[p * lanes..],
+                    top,
+                    None,
+                )
+            };
+        }
         p += 1;
     }
 }
 
-/// [`logits_along_heads`] for `P` consecutive positions.
-#[inline(always)]
-fn rows_along_heads<const P: usize>(
-    qt: &[f32],
-    lanes: usize,
-    keys: &[f32],
-    d: usize,
-    z: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (just detected); the slices' lengths were
-        // checked by `logits_along_heads` for these rows.
-        unsafe { rows_along_heads_avx512::<P>(qt, lanes, keys, d, z) };
-        return;
-    }
-    for chunk in (0..lanes).step_by(LANES) {
-        let mut acc = [[0.0f32; LANES]; P];
-        for c in 0..d {
-            let q = &qt[c * lanes + chunk..c * lanes + chunk + LANES];
-            for (i, a) in acc.iter_mut().enumerate() {
-                let k = keys[i * d + c];
-                for (y, &x) in a.iter_mut().zip(q) {
-                    *y = k.mul_add(x, *y);
-                }
-            }
-        }
-        for (i, a) in acc.iter().enumerate() {
-            z[i * lanes + chunk..i * lanes + chunk + LANES].copy_from_slice(a);
-        }
-    }
-}
-
+/// The logits of `P` consecutive positions for the `C` registers of heads from lane
+/// `chunk`, stored in `z`'s rows and folded into `top`; with `ahead`, the `P` rows
+/// there are prefetched along the way.
+///
 /// # Safety
-/// The CPU must have AVX-512F; `qt` holds `d x lanes`, `keys` `P` rows of `d` and `z`
-/// `P` rows of `lanes`.
+/// The CPU must have AVX-512F; `qt` holds `d x lanes`, `keys` `P` rows of `d`, `z` `P`
+/// rows of `lanes`, `top` `lanes`, and `chunk + 16 * C <= lanes`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn rows_along_heads_avx512<const P: usize>(
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_along_heads<const P: usize, const C: usize>(
     qt: &[f32],
     lanes: usize,
+    chunk: usize,
     keys: &[f32],
     d: usize,
     z: &mut [f32],
+    top: &mut [f32],
+    ahead: Option<*const f32>,
 ) {
     use std::arch::x86_64::*;
-    for chunk in (0..lanes).step_by(LANES) {
-        let mut acc = [_mm512_setzero_ps(); P];
-        for c in 0..d {
-            // SAFETY: `c < d` and `chunk + 16 <= lanes`, inside `qt`; `i < P` rows of
-            // `keys`.
-            unsafe {
-                let q = _mm512_loadu_ps(qt.as_ptr().add(c * lanes + chunk));
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let k = _mm512_set1_ps(*keys.get_unchecked(i * d + c));
-                    *a = _mm512_fmadd_ps(k, q, *a);
+    // acc[i][r]: position `i`, register `r` of heads.
+    let mut acc = [[_mm512_setzero_ps(); C]; P];
+    for c in 0..d {
+        if let Some(ahead) = ahead {
+            if c % 2 == 0 {
+                // Line `c / 2` of the `P * d` floats ahead (with P = 8, all of them).
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(c * P).cast());
+            }
+        }
+        // SAFETY: `c < d` and `chunk + 16 * C <= lanes`, inside `qt`; `i < P` rows of
+        // `keys`.
+        // (Loops, not closures: a closure does not inherit AVX-512.)
+        unsafe {
+            let mut q = [_mm512_setzero_ps(); C];
+            for (r, q) in q.iter_mut().enumerate() {
+                *q = _mm512_loadu_ps(qt.as_ptr().add(c * lanes + chunk + r * LANES));
+            }
+            for (i, regs) in acc.iter_mut().enumerate() {
+                let k = _mm512_set1_ps(*keys.get_unchecked(i * d + c));
+                for (a, q) in regs.iter_mut().zip(&q) {
+                    *a = _mm512_fmadd_ps(k, *q, *a);
                 }
             }
         }
-        for (i, a) in acc.iter().enumerate() {
-            // SAFETY: row `i < P` of `z` has `lanes` floats.
-            unsafe { _mm512_storeu_ps(z.as_mut_ptr().add(i * lanes + chunk), *a) };
+    }
+    for r in 0..C {
+        let at = chunk + r * LANES;
+        // SAFETY: lanes `at..at + 16` lie in `top` and in each of the `P` rows of `z`.
+        unsafe {
+            let mut m = _mm512_loadu_ps(top.as_ptr().add(at));
+            for (i, regs) in acc.iter().enumerate() {
+                _mm512_storeu_ps(z.as_mut_ptr().add(i * lanes + at), regs[r]);
+                // `a > m ? a : m`, as the scalar maxima take it (NaN keeps `m`).
+                m = _mm512_max_ps(regs[r], m);
+            }
+            _mm512_storeu_ps(top.as_mut_ptr().add(at), m);
         }
     }
 }
 
-/// `acc_k = fma(w(k, p), v_p, acc_k)` and `sums_k += w(k, p)` over the rows `v_p` of
-/// `values` in order (numbered from `first`), for the heads `k` of `sums`.
+/// The value rows [`accumulate`] weighs: the first `n` rows of `values`, numbered from
+/// `first`. Rows past them are only prefetched, and only with `prefetch`.
+#[derive(Clone, Copy)]
+struct ValueRows<'a> {
+    values: &'a [f32],
+    first: usize,
+    n: usize,
+    prefetch: bool,
+}
+
+/// `acc_k = fma(w(k, p), v_p, acc_k)` (and, given `sums`, `sums_k += w(k, p)`) over
+/// the value rows `v_p` in order, for the heads `k` of `acc` (`d` wide).
 #[inline(always)]
 fn accumulate(
     weight: impl Fn(usize, usize) -> f32,
-    values: &[f32],
-    first: usize,
+    rows: ValueRows<'_>,
     acc: &mut [f32],
-    sums: &mut [f32],
+    nb: usize,
+    mut sums: Option<&mut [f32]>,
 ) {
-    let nb = sums.len();
     let d = acc.len() / nb;
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx512f") {
@@ -341,7 +456,12 @@ fn accumulate(
             ($v:literal, $nb:literal) => {
                 // SAFETY: the CPU has AVX-512F (just detected); `d == 16 * $v` and
                 // there are `$nb` heads.
-                unsafe { accumulate_avx512::<$v, $nb>(&weight, values, first, acc, sums) }
+                unsafe {
+                    match sums {
+                        Some(sums) => accumulate_avx512::<$v, $nb, true>(&weight, rows, acc, sums),
+                        None => accumulate_avx512::<$v, $nb, false>(&weight, rows, acc, &mut []),
+                    }
+                }
             };
         }
         match (d, nb) {
@@ -355,10 +475,12 @@ fn accumulate(
             _ => {}
         }
     }
-    for (j, v) in values.chunks_exact(d).enumerate() {
-        for (k, (a, sum)) in acc.chunks_exact_mut(d).zip(sums.iter_mut()).enumerate() {
-            let w = weight(k, first + j);
-            *sum += w;
+    for (j, v) in rows.values[..rows.n * d].chunks_exact(d).enumerate() {
+        for (k, a) in acc.chunks_exact_mut(d).enumerate() {
+            let w = weight(k, rows.first + j);
+            if let Some(sums) = sums.as_deref_mut() {
+                sums[k] += w;
+            }
             for (y, &x) in a.iter_mut().zip(v) {
                 *y = w.mul_add(x, *y);
             }
@@ -366,33 +488,36 @@ fn accumulate(
     }
 }
 
-/// [`accumulate`] for `NB` heads of `16 * V` components, held in registers throughout.
+/// [`accumulate`] for `NB` heads of `16 * V` components, held in registers throughout
+/// (and, with `SUMS`, the weights' sums).
 ///
 /// # Safety
-/// The CPU must have AVX-512F; `acc` holds `NB` heads of `16 * V` and `sums` `NB`.
+/// The CPU must have AVX-512F; `acc` holds `NB` heads of `16 * V`, and `sums` `NB`
+/// when `SUMS`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn accumulate_avx512<const V: usize, const NB: usize>(
+unsafe fn accumulate_avx512<const V: usize, const NB: usize, const SUMS: bool>(
     weight: &impl Fn(usize, usize) -> f32,
-    values: &[f32],
-    first: usize,
+    rows: ValueRows<'_>,
     acc: &mut [f32],
     sums: &mut [f32],
 ) {
     use std::arch::x86_64::*;
     let d = 16 * V;
-    assert!(acc.len() == NB * d && sums.len() == NB);
+    assert!(acc.len() == NB * d && (!SUMS || sums.len() == NB));
     // SAFETY (all loads and stores below): head `k < NB` of `acc` has `d` floats and
     // row `j` of `values` is inside it.
     let mut regs: [[__m512; V]; NB] = std::array::from_fn(|k| {
         std::array::from_fn(|i| unsafe { _mm512_loadu_ps(acc.as_ptr().add(k * d + 16 * i)) })
     });
-    let mut total: [f32; NB] = std::array::from_fn(|k| sums[k]);
-    for j in 0..values.len() / d {
-        // The first block of heads over a chunk reads its rows from memory; the
-        // others find them in cache.
-        if j % 4 == 0 {
-            if let Some(ahead) = values.get((j + 16) * d..(j + 20) * d) {
+    let mut total: [f32; NB] = std::array::from_fn(|k| if SUMS { sums[k] } else { 0.0 });
+    let values = rows.values;
+    assert!(values.len() >= rows.n * d);
+    for j in 0..rows.n {
+        // One row 16 on at a time: a burst of prefetches every few rows queued behind
+        // full fill buffers.
+        if rows.prefetch {
+            if let Some(ahead) = values.get((j + 16) * d..(j + 17) * d) {
                 crate::kernels::prefetch(ahead);
             }
         }
@@ -400,15 +525,19 @@ unsafe fn accumulate_avx512<const V: usize, const NB: usize>(
             _mm512_loadu_ps(values.as_ptr().add(j * d + 16 * i))
         });
         for k in 0..NB {
-            let w = weight(k, first + j);
-            total[k] += w;
+            let w = weight(k, rows.first + j);
+            if SUMS {
+                total[k] += w;
+            }
             let wv = _mm512_set1_ps(w);
             for i in 0..V {
                 regs[k][i] = _mm512_fmadd_ps(wv, v[i], regs[k][i]);
             }
         }
     }
-    sums.copy_from_slice(&total);
+    if SUMS {
+        sums.copy_from_slice(&total);
+    }
     for (k, head) in regs.iter().enumerate() {
         for (i, r) in head.iter().enumerate() {
             unsafe { _mm512_storeu_ps(acc.as_mut_ptr().add(k * d + 16 * i), *r) };

@@ -101,7 +101,7 @@ multiversion! {
             }
             return;
         }
-        let Scratch { qs, logits, rank, weights, selected, candidates, top } = sc;
+        let Scratch { qs, logits, rank, weights, selected, candidates, top, .. } = sc;
 
         // 1. The r largest components of |q|, summed over the group's heads.
         let absq = slots(weights, d);

@@ -740,7 +740,7 @@ proptest! {
         generated in 1usize..6,
         d in prop_oneof![1usize..20, Just(64usize), Just(128usize)],
         g in 1usize..5,
-        branches in 1usize..6,
+        branches in 1usize..10,
         seed in any::<u64>(),
     ) {
         let mut seed = seed;

@@ -1179,32 +1179,3 @@ mod tests {
         assert!((total - 1.0).abs() < 1e-12);
     }
 }
-#[cfg(test)]
-mod tmp_speed {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn pairs_speed() {
-        for &(n, k, reps) in &[(1536usize, 576usize, 200usize), (576, 1536, 200), (1536 * 30, 576, 8)] {
-            let q = crate::q4::tests::quantized_rows(n, k);
-            let x: Vec<f32> = (0..8 * k).map(|i| (i % 13) as f32 * 0.1).collect();
-            let mut out = vec![0.0; 8 * n];
-            for threads in [1usize, 2] {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                pool.install(|| {
-                    let mut ts = vec![];
-                    for _ in 0..5 {
-                        let t = std::time::Instant::now();
-                        for _ in 0..reps {
-                            linear(&x, 8, WeightRows::Q4(&q), n, &mut out);
-                        }
-                        ts.push(t.elapsed().as_secs_f64() / reps as f64);
-                    }
-                    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                    let fma = (n * k * 8) as f64 / 16.0;
-                    println!("n={n} k={k} threads={threads}: {:.1} us, {:.2} G vec-FMA/s per thread", ts[2] * 1e6, fma / ts[2] / 1e9 / threads as f64);
-                });
-            }
-        }
-    }
-}
