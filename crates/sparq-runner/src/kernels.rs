@@ -67,6 +67,14 @@ pub fn linear(x: &[f32], m: usize, w: WeightRows<'_>, n: usize, out: &mut [f32])
     let k = x.len() / m;
     assert_eq!(x.len(), m * k);
     assert_eq!(out.len(), m * n);
+    if m > 1 && !on_cache_line(x) {
+        // Several branches load each 16 inputs once per pair of weight rows; from an
+        // allocator's 16-byte-aligned buffer every such load spans two cache lines.
+        // Measured on the Q4_1 pair kernel, eight branches, weights in L2: 2.54 G
+        // fused multiply-adds a second with the inputs 4 bytes past a line, 3.09 on
+        // lines; eight branches of the model decode about 5% faster.
+        return with_cache_lines(x, |x| linear(x, m, w, n, out));
+    }
     // Work on the output transposed (`n x m`) so that each task owns contiguous rows.
     let mut out_t = vec![0.0f32; n * m];
     fill_rows(n, m, &mut out_t, &|rows, part| {
@@ -107,6 +115,45 @@ fn products(x: &[f32], m: usize, w: WeightRows<'_>, k: usize, first: usize, dst:
         WeightRows::Q4Factored(w) if m == 1 => w.factored_products(x, first, dst),
         WeightRows::Q4(w) | WeightRows::Q4Factored(w) => expanded_products(x, m, w, k, first, dst),
     }
+}
+
+/// Bytes of a cache line.
+const CACHE_LINE: usize = 64;
+
+/// Whether `x` starts on a cache line.
+pub(crate) fn on_cache_line(x: &[f32]) -> bool {
+    (x.as_ptr() as usize).is_multiple_of(CACHE_LINE)
+}
+
+/// `f` of a copy of `x` that starts on a cache line (this thread's buffer, reused).
+pub(crate) fn with_cache_lines<R>(x: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+    let on_lines = |buf: &mut Vec<Line>| {
+        let lines = x.len().div_ceil(16);
+        buf.clear();
+        buf.resize(lines, Line([0.0; 16]));
+        // SAFETY: `lines` lines of 16 floats, contiguous (`Line` is exactly 16 floats,
+        // aligned to 64 bytes).
+        let copy =
+            unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), lines * 16) };
+        copy[..x.len()].copy_from_slice(x);
+        f(&copy[..x.len()])
+    };
+    // A thread waiting in rayon may run another caller's work meanwhile: that gets a
+    // buffer of its own.
+    ALIGNED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => on_lines(&mut buf),
+        Err(_) => on_lines(&mut Vec::new()),
+    })
+}
+
+/// 16 floats on a cache line of their own.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+thread_local! {
+    /// The calling thread's copy of [`linear`]'s inputs, on cache lines.
+    static ALIGNED: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 thread_local! {
@@ -1135,6 +1182,25 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Inputs anywhere relative to a cache line (copied onto lines for several
+    /// branches) give the same products bit for bit.
+    #[test]
+    fn inputs_off_cache_lines_give_the_same_products() {
+        let (m, k, n) = (8, 64, 9);
+        let q = crate::q4::tests::quantized_rows(n, k);
+        let x: Vec<f32> = inputs(m * k, 13.0);
+        let mut want = vec![0.0; m * n];
+        linear(&x, m, WeightRows::Q4(&q), n, &mut want);
+        let mut buf = vec![0.0f32; m * k + 16];
+        for off in 0..16 {
+            buf[off..off + m * k].copy_from_slice(&x);
+            let mut got = vec![f32::NAN; m * n];
+            linear(&buf[off..off + m * k], m, WeightRows::Q4(&q), n, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "offset {off}");
         }
     }
 

@@ -120,6 +120,11 @@ impl ScreenedHead {
             "one input row of {} per branch",
             self.k
         );
+        if m > 1 && !kernels::on_cache_line(x) {
+            // The screen loads each branch's inputs once per group of rows, as the
+            // weight kernels do: see `kernels::linear`.
+            return kernels::with_cache_lines(x, |x| self.argmax(x, m, w));
+        }
         self.screened_argmax(x, m, w)
             .unwrap_or_else(|| full_argmax(x, m, w, self.rows))
     }
