@@ -74,6 +74,16 @@ impl Grid {
     }
 }
 
+/// [`slots`] starting on a cache line: the kernels load and store whole registers of
+/// these buffers, and from an allocator's 16-byte alignment each such access spans
+/// two lines.
+#[inline(always)]
+fn line_slots(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    let all = slots(buf, n + LANES);
+    let skip = all.as_ptr().align_offset(64).min(LANES);
+    &mut all[skip..skip + n]
+}
+
 /// Dense attention of several branches' head groups over one shared prompt cache and
 /// each branch's own generated positions (all of one length): `queries[b]` (`g x d`)
 /// into `outs[b]`.
@@ -98,7 +108,7 @@ pub(crate) fn dense_shared_prompt(
     }
     let qs = &sc.qs[..];
     let grid = Grid::new(heads, s);
-    let z = slots(&mut sc.logits, grid.len);
+    let z = line_slots(&mut sc.logits, grid.len);
     // Every key component, for the logits whose lanes run along positions.
     let every = every_column(d);
     // 1. logits of the prompt's positions, then of each branch's own
@@ -114,7 +124,7 @@ pub(crate) fn dense_shared_prompt(
     );
     if grid.along_heads() {
         let lanes = grid.pos_stride;
-        let qt = slots(&mut sc.weights, d * lanes);
+        let qt = line_slots(&mut sc.weights, d * lanes);
         qt.fill(0.0);
         for (h, q) in qs.chunks_exact(d).enumerate() {
             for (c, &x) in q.iter().enumerate() {
@@ -168,7 +178,7 @@ pub(crate) fn dense_shared_prompt(
     let z = &*z;
     let per_block = (256 / d).clamp(1, 4);
     let chunk = (16 * 1024 / (4 * d)).max(1);
-    let acc = slots(&mut sc.weights, heads * d);
+    let acc = line_slots(&mut sc.weights, heads * d);
     acc.fill(0.0);
     let add_sums = !grid.along_heads();
     let values = prompt.values();
