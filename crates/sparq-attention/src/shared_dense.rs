@@ -132,7 +132,14 @@ pub(crate) fn dense_shared_prompt(
             }
         }
         top.fill(f32::NEG_INFINITY);
-        logits_along_heads(qt, lanes, prompt.keys(), sp, d, &mut z[..sp * lanes], top);
+        let job = AlongHeads {
+            qt,
+            lanes,
+            keys: prompt.keys(),
+            n: sp,
+            d,
+        };
+        logits_along_heads(job, &mut z[..sp * lanes], top);
         let own = slots(&mut sc.rank, g * sg);
         for (b, gen) in generated.iter().enumerate() {
             logits_along_positions(gen, &every, &qs[b * g * d..(b + 1) * g * d], own, sg);
@@ -267,25 +274,34 @@ fn fma4(y: &mut [f32], a: [f32; 4], x: [&[f32]; 4]) {
     }
 }
 
-/// `z[p * lanes + h] = q_h . k_p` for the first `n` rows of `keys` (`n x d`) and every
-/// lane of `qt` (`d x lanes`, the queries transposed), with the lanes along heads;
-/// `top[h]` becomes the larger of itself and every `z[p * lanes + h]`.
-#[inline(always)]
-fn logits_along_heads(
-    qt: &[f32],
+/// The logits [`logits_along_heads`] computes: of the first `n` rows of `keys`
+/// (`n x d`) for every lane of `qt` (`d x lanes`, the queries transposed).
+#[derive(Clone, Copy)]
+struct AlongHeads<'a> {
+    qt: &'a [f32],
     lanes: usize,
-    keys: &[f32],
+    keys: &'a [f32],
     n: usize,
     d: usize,
-    z: &mut [f32],
-    top: &mut [f32],
-) {
+}
+
+/// `z[p * lanes + h] = q_h . k_p` with the lanes along heads; `top[h]` becomes the
+/// larger of itself and every `z[p * lanes + h]`.
+#[inline(always)]
+fn logits_along_heads(job: AlongHeads<'_>, z: &mut [f32], top: &mut [f32]) {
+    let AlongHeads {
+        qt,
+        lanes,
+        keys,
+        n,
+        d,
+    } = job;
     assert!(qt.len() >= d * lanes && keys.len() >= n * d && z.len() >= n * lanes);
     assert!(lanes.is_multiple_of(LANES) && top.len() == lanes);
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F (just detected); the lengths were checked above.
-        unsafe { logits_along_heads_avx512(qt, lanes, keys, n, d, z, top) };
+        unsafe { logits_along_heads_avx512(job, z, top) };
         return;
     }
     for (p, row) in z[..n * lanes].chunks_exact_mut(lanes).enumerate() {
@@ -309,15 +325,33 @@ fn logits_along_heads(
 /// The CPU must have AVX-512F; the lengths are those `logits_along_heads` asserts.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn logits_along_heads_avx512(
-    qt: &[f32],
-    lanes: usize,
-    keys: &[f32],
-    n: usize,
-    d: usize,
-    z: &mut [f32],
-    top: &mut [f32],
-) {
+unsafe fn logits_along_heads_avx512(job: AlongHeads<'_>, z: &mut [f32], top: &mut [f32]) {
+    let AlongHeads {
+        qt,
+        lanes,
+        keys,
+        n,
+        d,
+    } = job;
+    // `P` positions from `p`, `C` registers of heads from lane `chunk`.
+    // SAFETY (every use): rows `p..p + P` lie in `keys` and `z`, and the lanes in
+    // `qt`, `z`'s rows and `top` (the caller's contract).
+    macro_rules! rows {
+        ($P:expr, $C:expr, $p:expr, $chunk:expr, $ahead:expr) => {
+            unsafe {
+                rows_along_heads::<{ $P }, { $C }>(
+                    qt,
+                    lanes,
+                    $chunk,
+                    &keys[$p * d..],
+                    d,
+                    &mut z[$p * lanes..],
+                    top,
+                    $ahead,
+                )
+            }
+        };
+    }
     let mut p = 0;
     while p + POSITIONS <= n {
         // The rows four blocks on, prefetched a line every other component while this
@@ -325,54 +359,18 @@ unsafe fn logits_along_heads_avx512(
         // queued behind full fill buffers and were a fifth of the kernel.
         let ahead = keys.as_ptr().wrapping_add((p + 4 * POSITIONS) * d);
         let mut chunk = 0;
-        // SAFETY (both calls): rows `p..p + POSITIONS` lie in `keys` and `z`, and the
-        // chunks in `qt`, `z`'s rows and `top` (the caller's contract).
         while chunk + 2 * LANES <= lanes {
-            unsafe {
-                rows_along_heads::<POSITIONS, 2>(
-                    qt,
-                    lanes,
-                    chunk,
-                    &keys[p * d..],
-                    d,
-                    &mut z[p * lanes..],
-                    top,
-                    (chunk == 0).then_some(ahead),
-                )
-            };
+            rows!(POSITIONS, 2, p, chunk, (chunk == 0).then_some(ahead));
             chunk += 2 * LANES;
         }
         if chunk < lanes {
-            unsafe {
-                rows_along_heads::<POSITIONS, 1>(
-                    qt,
-                    lanes,
-                    chunk,
-                    &keys[p * d..],
-                    d,
-                    &mut z[p * lanes..],
-                    top,
-                    (chunk == 0).then_some(ahead),
-                )
-            };
+            rows!(POSITIONS, 1, p, chunk, (chunk == 0).then_some(ahead));
         }
         p += POSITIONS;
     }
     while p < n {
         for chunk in (0..lanes).step_by(LANES) {
-            // SAFETY: row `p` lies in `keys` and `z`.
-            unsafe {
-                rows_along_heads::<1, 1>(
-                    qt,
-                    lanes,
-                    chunk,
-                    &keys[p * d..],
-                    d,
-                    &mut z[p * lanes..],
-                    top,
-                    None,
-                )
-            };
+            rows!(1, 1, p, chunk, None);
         }
         p += 1;
     }
