@@ -408,7 +408,6 @@ unsafe fn rows_along_heads<const P: usize, const C: usize>(
         }
         // SAFETY: `c < d` and `chunk + 16 * C <= lanes`, inside `qt`; `i < P` rows of
         // `keys`.
-        // (Loops, not closures: a closure does not inherit AVX-512.)
         unsafe {
             let mut q = [_mm512_setzero_ps(); C];
             for (r, q) in q.iter_mut().enumerate() {

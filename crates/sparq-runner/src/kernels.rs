@@ -129,8 +129,9 @@ pub(crate) fn on_cache_line(x: &[f32]) -> bool {
 pub(crate) fn with_cache_lines<R>(x: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
     let on_lines = |buf: &mut Vec<Line>| {
         let lines = x.len().div_ceil(16);
-        buf.clear();
-        buf.resize(lines, Line([0.0; 16]));
+        if buf.len() < lines {
+            buf.resize(lines, Line([0.0; 16]));
+        }
         // SAFETY: `lines` lines of 16 floats, contiguous (`Line` is exactly 16 floats,
         // aligned to 64 bytes).
         let copy =
@@ -405,8 +406,9 @@ unsafe fn eight_q4_products(w: &Q4Rows, o: usize, x: &[f32]) -> [[f32; 8]; 2] {
     let mut acc = [[_mm512_setzero_ps(); 8]; 2];
     for i in (0..k).step_by(32) {
         if i % 128 == 0 {
-            // The same place in the next pair: 64 bytes of nibbles each. Without it
-            // the loads of the nibbles were the kernel's hottest instructions.
+            // The same place in the next pair: 64 bytes of nibbles each, as the
+            // one-branch kernel prefetches its next rows (here no clear change was
+            // measured: BENCHMARKS.md, session 12).
             w.prefetch(o + 2, i);
             w.prefetch(o + 3, i);
         }
@@ -423,8 +425,8 @@ unsafe fn eight_q4_products(w: &Q4Rows, o: usize, x: &[f32]) -> [[f32; 8]; 2] {
             }
         }
     }
-    // Loops, not `map`: a closure does not inherit AVX-512, and the test build then
-    // called the reduction out of line (38% of the kernel's time).
+    // Loops, not `map`: through `map` the test build called the reduction out of
+    // line (38% of the kernel's time).
     let mut sums = [[0.0f32; 8]; 2];
     for (row_sums, row_acc) in sums.iter_mut().zip(&acc) {
         for (s, a) in row_sums.iter_mut().zip(row_acc) {
