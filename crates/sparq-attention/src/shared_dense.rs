@@ -192,54 +192,63 @@ pub(crate) fn dense_shared_prompt(
     let mut p0 = 0;
     while p0 < sp {
         let p1 = (p0 + chunk).min(sp);
-        let mut h0 = 0;
-        while h0 < heads {
-            let nb = per_block.min(heads - h0);
-            // The first block of heads reads the chunk from memory (prefetching
-            // ahead, into the next chunk); the others find it in the L1 cache.
-            let rows = ValueRows {
-                values: &values[p0 * d..],
-                first: p0,
-                n: p1 - p0,
-                prefetch: h0 == 0,
-            };
-            accumulate(
-                |k, p| z[grid.at(h0 + k, p)],
-                rows,
-                &mut acc[h0 * d..(h0 + nb) * d],
-                nb,
-                add_sums.then_some(&mut sums[h0..h0 + nb]),
-            );
-            h0 += nb;
-        }
+        let rows = ValueRows {
+            values: &values[p0 * d..],
+            first: p0,
+            n: p1 - p0,
+            prefetch: true,
+        };
+        let sums = add_sums.then_some(&mut *sums);
+        weigh_in_blocks(z, grid, 0..heads, (per_block, d), rows, acc, sums);
         p0 = p1;
     }
     for (b, (gen, out)) in generated.iter().zip(outs.iter_mut()).enumerate() {
         let (first, last) = (b * g, (b + 1) * g);
-        let mut h0 = first;
-        while h0 < last {
-            let nb = per_block.min(last - h0);
-            let rows = ValueRows {
-                values: gen.values(),
-                first: sp,
-                n: sg,
-                prefetch: h0 == first,
-            };
-            accumulate(
-                |k, p| z[grid.at(h0 + k, p)],
-                rows,
-                &mut acc[h0 * d..(h0 + nb) * d],
-                nb,
-                add_sums.then_some(&mut sums[h0..h0 + nb]),
-            );
-            h0 += nb;
-        }
+        let rows = ValueRows {
+            values: gen.values(),
+            first: sp,
+            n: sg,
+            prefetch: true,
+        };
+        let sums_b = add_sums.then_some(&mut *sums);
+        weigh_in_blocks(z, grid, first..last, (per_block, d), rows, acc, sums_b);
         for (h, o) in out.chunks_exact_mut(d).enumerate() {
             let inv = 1.0 / sums[first + h];
             for (y, &a) in o.iter_mut().zip(&acc[(first + h) * d..]) {
                 *y = a * inv;
             }
         }
+    }
+}
+
+/// [`accumulate`] for the heads `heads` (of `acc`, `d` wide each, and of `sums`),
+/// `per_block` at a time. The first block reads the rows from memory (prefetching
+/// ahead when `rows.prefetch`); the others find them in the L1 cache.
+#[inline(always)]
+fn weigh_in_blocks(
+    z: &[f32],
+    grid: Grid,
+    heads: std::ops::Range<usize>,
+    (per_block, d): (usize, usize),
+    rows: ValueRows<'_>,
+    acc: &mut [f32],
+    mut sums: Option<&mut [f32]>,
+) {
+    let mut h0 = heads.start;
+    while h0 < heads.end {
+        let nb = per_block.min(heads.end - h0);
+        let rows = ValueRows {
+            prefetch: rows.prefetch && h0 == heads.start,
+            ..rows
+        };
+        accumulate(
+            |k, p| z[grid.at(h0 + k, p)],
+            rows,
+            &mut acc[h0 * d..(h0 + nb) * d],
+            nb,
+            sums.as_deref_mut().map(|s| &mut s[h0..h0 + nb]),
+        );
+        h0 += nb;
     }
 }
 
