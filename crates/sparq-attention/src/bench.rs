@@ -305,6 +305,7 @@ fn time_methods(
         for _ in 0..cfg.repeats {
             for (m, t) in times.iter_mut().enumerate() {
                 evict();
+                touch_pages(heads);
                 let start = Instant::now();
                 std::hint::black_box(step(m));
                 t.push(start.elapsed().as_secs_f64());
@@ -350,6 +351,35 @@ fn evict_caches(buf: &[u8]) {
 /// One byte of every cache line of `buf`, summed so the reads are not optimised away.
 fn read_every_line(buf: &[u8]) -> u64 {
     std::hint::black_box(buf.iter().step_by(64).map(|&b| b as u64).sum())
+}
+
+/// Bytes between the reads of [`touch_pages`]: the huge-page size, so one read per
+/// page of a cache backed by 2 MiB pages.
+const TOUCH_STRIDE: usize = 2 << 20;
+
+/// Reads one float every [`TOUCH_STRIDE`] bytes of every head's cache buffers, after
+/// the eviction and before the timer starts.
+///
+/// On the virtual machines this project is measured on, the first load from a 2 MiB
+/// page now and then stalls for about 100 µs (up to 900), however the page was left:
+/// `scripts/bench/page_stall.c` counted 77 stalls in 640 first loads after a 1,000 MiB
+/// read, 65 after 100 ms asleep, and none in the loads that followed to other 4 KiB
+/// pages of the same 2 MiB pages, which otherwise take 0.3 µs. That is the host
+/// remapping guest memory, not the cache. Inside the timed step these stalls add the
+/// same time to every method and swamp the shorter ones: at S = 16,384, d = 64, g = 1,
+/// alternated, dense took 2,772-2,860 µs and SparQ at 1/8 847-929 µs without the
+/// touch, 2,485-2,555 and 620-649 µs with it. One line per 2 MiB leaves the data cold.
+fn touch_pages(heads: &[Head]) {
+    let floats = TOUCH_STRIDE / std::mem::size_of::<f32>();
+    let mut sum = 0.0f32;
+    for h in heads {
+        for buf in h.prompt.buffers().into_iter().chain(h.generated.buffers()) {
+            for x in buf.iter().step_by(floats) {
+                sum += std::hint::black_box(*x);
+            }
+        }
+    }
+    std::hint::black_box(sum);
 }
 
 /// Median seconds and bandwidth (bytes read plus bytes written per second) of a

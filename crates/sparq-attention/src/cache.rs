@@ -149,6 +149,11 @@ impl HeadKv {
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// The three buffers whole (keys, transposed keys, values), for code that walks
+    /// the cache's memory rather than its positions: the bench's page touch.
+    pub fn buffers(&self) -> [&[f32]; 3] {
+        [&self.keys, &self.keys_t, &self.values]
+    }
 }
 
 /// A buffer of floats that starts a cache line and, once it spans a 2 MiB page,
@@ -357,6 +362,22 @@ mod tests {
                 assert_eq!(c.key_column(5), &[5.0]);
             }
         }
+    }
+
+    #[test]
+    fn buffers_span_the_whole_capacity_and_hold_the_rows() {
+        let (d, cap) = (8, 40);
+        let mut kv = HeadKv::with_capacity(d, cap);
+        let key: Vec<f32> = (0..d).map(|i| i as f32).collect();
+        let value: Vec<f32> = (0..d).map(|i| -(i as f32)).collect();
+        kv.push(&key, &value);
+        let [keys, keys_t, values] = kv.buffers();
+        for b in [keys, keys_t, values] {
+            assert_eq!(b.len(), cap * d);
+        }
+        assert_eq!(&keys[..d], &key[..]);
+        assert_eq!(&values[..d], &value[..]);
+        assert_eq!(keys_t[3 * cap], 3.0);
     }
 
     #[test]
