@@ -405,9 +405,9 @@ pub(crate) fn all_logits(qs: &[f32], kv: &KvView<'_>, logits: &mut [f32]) {
 const AHEAD: usize = 8;
 
 /// Rows fetched ahead into L2 only, further on. A request into L1 holds one of the
-/// core's few line fill buffers until its line arrives; one into L2 is tracked by L2's
-/// deeper queue, so more rows are on their way at once, and the near request later
-/// finds its row in L2. One thread, caches evicted, the gather and exact attention of
+/// core's few line fill buffers until its line arrives; one into L2 is, we take it,
+/// tracked by L2's deeper queue instead, so more rows are on their way at once, and
+/// the near request later finds its row in L2. One thread, caches evicted, the gather and exact attention of
 /// a SparQ step at 1/8: 66-69 -> 63-64 µs a head at S = 16,384, d = 64; 127 -> 116 at
 /// d = 128; 283 -> 263 at S = 65,536, d = 64. (32 rows was slower than none, 75 µs;
 /// 96 to 192 measured alike.)

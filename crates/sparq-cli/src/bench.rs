@@ -13,6 +13,12 @@ pub enum BenchCommand {
     Model(BenchModelArgs),
     /// One decode-step attention over a synthetic cache per method, beside dense and
     /// the machine's measured copy bandwidth.
+    ///
+    /// Before every timed step the bench reads twice the last-level cache so that the
+    /// caches come from memory, reads one float per 2 MiB page of them (some virtual
+    /// machines stall for ~100 µs on the first load from a page left alone for a
+    /// while, which is not the method's cost), and runs the method once on a spare
+    /// head per thread, warming its code and scratch as the previous layer would.
     Attention(BenchAttentionArgs),
 }
 
