@@ -156,12 +156,11 @@ fn run_bench(
         .collect::<Result<_, SpecError>>()?;
 
     let heads = synthetic_heads(cfg, 0..cfg.kv_heads);
-    // One more head per thread, never timed: see `time_methods`.
-    let spare = cfg.kv_heads..cfg.kv_heads + rayon::current_num_threads();
-    let warm = synthetic_heads(cfg, spare);
+    // One more head, never timed: see `time_methods`.
+    let spare = synthetic_heads(cfg, cfg.kv_heads..cfg.kv_heads + 1);
     let scrub = vec![1u8; big];
     let methods: Vec<&dyn AttentionMethod> = built.iter().map(|(_, m)| m.as_ref()).collect();
-    let timed = time_methods(&methods, (&heads, &warm), prompt_len, cfg, &scrub)?;
+    let timed = time_methods(&methods, (&heads, &spare[0]), prompt_len, cfg, &scrub)?;
     let (dense_time, dense_elements) = timed[0];
     let mut rows = Vec::new();
     for ((name, _), &(time_s, elements)) in built.iter().zip(&timed) {
@@ -248,22 +247,27 @@ fn synthetic_heads(cfg: &BenchConfig, heads: std::ops::Range<usize>) -> Vec<Head
 /// to 100 µs a step on this project's 2-core virtual machine: a sixth of a SparQ step
 /// at S = 16,384, d = 64, and no part of the attention.
 ///
-/// After the eviction, each thread attends one of the `warm` heads (its own cache,
-/// never timed) with the method about to be timed. In a decode step the method's code
+/// After the eviction, each thread attends the `spare` head (a cache of its own, never
+/// timed; each thread with its own state and output) with the method about to be
+/// timed. In a decode step the method's code
 /// and its thread's scratch buffers are in use by every layer; after the eviction they
 /// were cold, and their pages met the host's stalls (see [`touch_pages`]): one
 /// thread's SparQ step at S = 16,384, d = 64 took 196-293 µs a head without that
 /// warm-up against 121-128 µs with it, alternated.
 fn time_methods(
     methods: &[&dyn AttentionMethod],
-    (heads, warm): (&[Head], &[Head]),
+    (heads, spare): (&[Head], &Head),
     prompt_len: usize,
     cfg: &BenchConfig,
     scrub: &[u8],
 ) -> Result<Vec<(f64, u64)>, BenchError> {
-    // Per method, one lock per head (timed heads, then warm-up heads), taken once per
-    // step by the thread that attends it.
-    let all: Vec<&Head> = heads.iter().chain(warm).collect();
+    // Per method, one lock per head, taken once per step by the thread that attends
+    // it: the timed heads, then the spare head once per thread.
+    let threads = rayon::current_num_threads();
+    let all: Vec<&Head> = heads
+        .iter()
+        .chain(std::iter::repeat_n(spare, threads))
+        .collect();
     let slots: Vec<Vec<HeadSlot>> = methods
         .iter()
         .map(|method| {
@@ -312,9 +316,9 @@ fn time_methods(
         };
         let warm_up = |m: usize| match team {
             Some(team) => team.run(&|t| {
-                attend(m, heads.len() + t % warm.len());
+                attend(m, heads.len() + t % threads);
             }),
-            None => (0..warm.len()).into_par_iter().for_each(|t| {
+            None => (0..threads).into_par_iter().for_each(|t| {
                 attend(m, heads.len() + t);
             }),
         };
