@@ -249,11 +249,10 @@ fn synthetic_heads(cfg: &BenchConfig, heads: std::ops::Range<usize>) -> Vec<Head
 ///
 /// After the eviction, each thread attends the `spare` head (a cache of its own, never
 /// timed; each thread with its own state and output) with the method about to be
-/// timed. In a decode step the method's code
-/// and its thread's scratch buffers are in use by every layer; after the eviction they
-/// were cold, and their pages met the host's stalls (see [`touch_pages`]): one
-/// thread's SparQ step at S = 16,384, d = 64 took 196-293 µs a head without that
-/// warm-up against 121-128 µs with it, alternated.
+/// timed. In a decode step the method's code and its thread's scratch buffers are in
+/// use by every layer; after the eviction they were cold, and their pages met the
+/// host's stalls (see [`touch_pages`]): one thread's SparQ step at S = 16,384, d = 64
+/// took 196-293 µs a head without that warm-up against 121-128 µs with it, alternated.
 fn time_methods(
     methods: &[&dyn AttentionMethod],
     (heads, spare): (&[Head], &Head),
