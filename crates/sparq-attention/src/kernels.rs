@@ -580,7 +580,6 @@ pub(crate) struct Scratch {
     pub logits: Vec<f32>,
     pub rank: Vec<f32>,
     pub weights: Vec<f32>,
-    pub maxima: Vec<f32>,
     pub selected: Vec<u32>,
     pub candidates: Vec<u32>,
     pub top: crate::topk::TopK,

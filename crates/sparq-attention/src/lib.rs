@@ -24,6 +24,7 @@ pub mod sparq;
 pub mod spec;
 mod subset;
 pub mod team;
+mod tiled_logits;
 mod topk;
 pub mod transfer;
 

@@ -733,10 +733,11 @@ proptest! {
 
     /// Several dense branches sharing one prompt pass give, bit for bit, what each
     /// gives alone, whatever the shapes (the runner relies on this to batch them), the
-    /// head dimensions of real models included (they have kernels of their own).
+    /// head dimensions of real models included (they have kernels of their own), and
+    /// the same with and without the SIMD kernels.
     #[test]
     fn dense_branches_sharing_the_prompt_pass_equal_dense_alone(
-        prompt in 0usize..60,
+        prompt in prop_oneof![0usize..60, 60usize..300],
         generated in 1usize..6,
         d in prop_oneof![1usize..20, Just(64usize), Just(128usize)],
         g in 1usize..5,
@@ -759,13 +760,20 @@ proptest! {
             })
             .collect();
         let queries: Vec<Vec<f32>> = (0..branches).map(|_| lcg_values(&mut seed, g * d)).collect();
-        let mut shared = vec![vec![0.0f32; g * d]; branches];
-        let moved = {
+        let shared_pass = || {
+            let mut shared = vec![vec![0.0f32; g * d]; branches];
             let qs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
             let gs: Vec<&HeadKv> = gens.iter().collect();
             let mut outs: Vec<&mut [f32]> = shared.iter_mut().map(|o| o.as_mut_slice()).collect();
-            sparq_attention::dense::attend_shared_prompt(&qs, &prompt_kv, &gs, &mut outs)
+            let moved = sparq_attention::dense::attend_shared_prompt(&qs, &prompt_kv, &gs, &mut outs);
+            (shared, moved)
         };
+        // The baseline build too: the SIMD kernels tile many heads differently.
+        sparq_attention::set_simd(false);
+        let (baseline, _) = shared_pass();
+        sparq_attention::set_simd(true);
+        let (shared, moved) = shared_pass();
+        prop_assert_eq!(&baseline, &shared);
         for b in 0..branches {
             let mut alone = vec![0.0f32; g * d];
             let view = KvView::new(&prompt_kv, &gens[b]);

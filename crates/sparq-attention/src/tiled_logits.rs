@@ -1,0 +1,197 @@
+//! Exact logits of many query heads over one cache segment, a tile of heads and
+//! positions at a time held in registers: the dense pass's logits.
+//!
+//! A tile is up to 6 heads by 64 positions (4 registers of positions): 24 accumulators,
+//! each of the tile's 4 loads of transposed key components serving 6 fused
+//! multiply-adds, for every component in turn. The tile's keys (64 positions by `d`
+//! components, 16 KB at d = 64) stay in the L1 cache for the segment's next tiles of
+//! heads, so the keys are read from memory once whatever the number of heads.
+//!
+//! Each logit is `fma(q_c, k_c, z)` over the components `c = 0..d` in order, from 0:
+//! the arithmetic of [`crate::kernels::column_blocks`] with every component, so either
+//! way gives the same bits (the conformance tests compare them through `set_simd`).
+
+use crate::cache::HeadKv;
+use crate::kernels::column_blocks;
+
+/// Positions of a tile: four registers of 16.
+#[cfg(target_arch = "x86_64")]
+const TILE_POSITIONS: usize = 64;
+/// Heads of a tile at most: 6 x 4 accumulators, 4 key registers and a broadcast query
+/// component fit AVX-512's 32 registers.
+#[cfg(target_arch = "x86_64")]
+const TILE_HEADS: usize = 6;
+
+/// `z[h * stride + p] = q_h . k_p` for every position `p` of `seg` and every head `h`
+/// of `qs` (`heads x d`, already scaled).
+pub(crate) fn logits(seg: &HeadKv, qs: &[f32], z: &mut [f32], stride: usize) {
+    let (d, n) = (seg.head_dim(), seg.len());
+    let heads = qs.len() / d;
+    if n == 0 || heads == 0 {
+        return;
+    }
+    assert!(qs.len() == heads * d && stride >= n);
+    assert!(z.len() >= (heads - 1) * stride + n);
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (just detected); the lengths were checked above.
+        unsafe { logits_avx512(seg, qs, z, stride) };
+        return;
+    }
+    let every: Vec<u32> = (0..d as u32).collect();
+    column_blocks(seg, &every, qs, (heads, stride), z, fma4, fma1);
+}
+
+/// `y = fma(a, x, y)`: one component of each logit.
+#[inline(always)]
+fn fma1(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = a.mul_add(x, *y);
+    }
+}
+
+/// `y = fma(a3, x3, fma(a2, x2, fma(a1, x1, fma(a0, x0, y))))`: four components of
+/// each logit, in order.
+#[inline(always)]
+fn fma4(y: &mut [f32], a: [f32; 4], x: [&[f32]; 4]) {
+    let n = y.len();
+    let (x0, x1, x2, x3) = (&x[0][..n], &x[1][..n], &x[2][..n], &x[3][..n]);
+    for i in 0..n {
+        let t = a[0].mul_add(x0[i], y[i]);
+        let t = a[1].mul_add(x1[i], t);
+        let t = a[2].mul_add(x2[i], t);
+        y[i] = a[3].mul_add(x3[i], t);
+    }
+}
+
+/// One tile's place: the transposed keys (`column(c)` holds component `c` of every
+/// position, `column_stride` apart) from position `p0`, the queries from head `h0`,
+/// the logits `z` (`stride` apart per head).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Tile {
+    columns: *const f32,
+    column_stride: usize,
+    d: usize,
+    qs: *const f32,
+    z: *mut f32,
+    stride: usize,
+    p0: usize,
+    h0: usize,
+}
+
+/// [`logits`] with AVX-512 tiles.
+///
+/// # Safety
+/// The CPU must have AVX-512F; the lengths are those `logits` asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn logits_avx512(seg: &HeadKv, qs: &[f32], z: &mut [f32], stride: usize) {
+    let (d, n) = (seg.head_dim(), seg.len());
+    let heads = qs.len() / d;
+    let mut tile = Tile {
+        columns: seg.key_column(0).as_ptr(),
+        column_stride: seg.capacity(),
+        d,
+        qs: qs.as_ptr(),
+        z: z.as_mut_ptr(),
+        stride,
+        p0: 0,
+        h0: 0,
+    };
+    while tile.p0 < n {
+        let width = (n - tile.p0).min(TILE_POSITIONS);
+        // The next tiles' keys are asked for while this one is summed: 64 columns are
+        // more streams than the hardware prefetcher follows. The tile after next goes
+        // into L2 (its queue of misses is deeper than L1's), the next into L1.
+        let blocks = heads.div_ceil(TILE_HEADS);
+        tile.h0 = 0;
+        for block in 0..blocks {
+            let nh = (heads - tile.h0).min(TILE_HEADS);
+            let mut ahead = Ahead::default();
+            if block == 0 && tile.p0 + TILE_POSITIONS < n {
+                ahead.near = true;
+            }
+            if block == blocks.min(2) - 1 && tile.p0 + 2 * TILE_POSITIONS < n {
+                ahead.far = true;
+            }
+            macro_rules! go {
+                ($($nh:literal),*) => {
+                    match nh {
+                        // SAFETY: `tile` lies inside `seg`, `qs` and `z` (the asserts of
+                        // `logits`), with `nh` heads and `width` positions.
+                        $($nh => unsafe { logits_tile::<$nh>(tile, width, ahead) },)*
+                        _ => unreachable!("a tile has 1 to {TILE_HEADS} heads"),
+                    }
+                };
+            }
+            go!(1, 2, 3, 4, 5, 6);
+            tile.h0 += nh;
+        }
+        tile.p0 += TILE_POSITIONS;
+    }
+}
+
+/// Which of the next tiles' keys a tile prefetches on its way.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Default)]
+struct Ahead {
+    /// The next tile's, into L1.
+    near: bool,
+    /// The one after, into L2.
+    far: bool,
+}
+
+/// The logits of `NH` heads from `tile.h0` and `width` (at most 64) positions from
+/// `tile.p0`, prefetching the keys `ahead` names on the way.
+///
+/// # Safety
+/// The CPU must have AVX-512F; heads `h0..h0 + NH` of `qs` and `z`, positions
+/// `p0..p0 + width` of every column and of `z`'s rows lie inside them.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn logits_tile<const NH: usize>(tile: Tile, width: usize, ahead: Ahead) {
+    use std::arch::x86_64::*;
+    const R: usize = TILE_POSITIONS / 16;
+    // Lanes past `width` are neither loaded (masked loads do not fault) nor stored.
+    let masks: [__mmask16; R] = std::array::from_fn(|r| {
+        let lanes = width.saturating_sub(16 * r).min(16);
+        ((1u32 << lanes) - 1) as __mmask16
+    });
+    let mut acc = [[_mm512_setzero_ps(); R]; NH];
+    for c in 0..tile.d {
+        // `wrapping_add`: past `width` the addresses may leave the cache's buffer; only
+        // masked-off lanes and prefetches (which never fault) go there.
+        let column = tile.columns.wrapping_add(c * tile.column_stride + tile.p0);
+        if ahead.near {
+            for r in 0..R {
+                _mm_prefetch::<_MM_HINT_T0>(column.wrapping_add(TILE_POSITIONS + 16 * r).cast());
+            }
+        }
+        if ahead.far {
+            for r in 0..R {
+                let line = column.wrapping_add(2 * TILE_POSITIONS + 16 * r);
+                _mm_prefetch::<_MM_HINT_T1>(line.cast());
+            }
+        }
+        // SAFETY: the unmasked lanes are positions `p0..p0 + width` of column `c`.
+        let k: [__m512; R] = std::array::from_fn(|r| unsafe {
+            _mm512_maskz_loadu_ps(masks[r], column.wrapping_add(16 * r))
+        });
+        for (h, regs) in acc.iter_mut().enumerate() {
+            // SAFETY: head `h0 + h` of `qs` has `d` components.
+            let q = _mm512_set1_ps(unsafe { *tile.qs.add((tile.h0 + h) * tile.d + c) });
+            for (a, k) in regs.iter_mut().zip(&k) {
+                *a = _mm512_fmadd_ps(q, *k, *a);
+            }
+        }
+    }
+    for (h, regs) in acc.iter().enumerate() {
+        let row = tile.z.wrapping_add((tile.h0 + h) * tile.stride + tile.p0);
+        for (r, a) in regs.iter().enumerate() {
+            // SAFETY: the unmasked lanes are positions `p0..p0 + width` of head
+            // `h0 + h`'s row of `z`.
+            unsafe { _mm512_mask_storeu_ps(row.wrapping_add(16 * r), masks[r], *a) };
+        }
+    }
+}
