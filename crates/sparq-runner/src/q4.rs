@@ -331,6 +331,11 @@ impl Q4Rows {
     /// as one word and splitting it, as the compiler did for `[f32; 2]`, cost two
     /// shuffles per block on the port the products need).
     ///
+    /// The weights are looked up in a table of the block's 16 values rather than
+    /// converted one by one. In profiles of eight branches of the default model (160
+    /// new tokens, three runs alternated with the build before), the paired kernel
+    /// took 5,105 to 5,587 samples instead of 5,507 to 5,893.
+    ///
     /// # Safety
     /// The CPU must have AVX-512F; `r < rows`, `i + 32 <= cols` and `i` is a multiple
     /// of 32.
@@ -346,9 +351,19 @@ impl Q4Rows {
             let scale = self.scales.as_ptr().add(block).cast::<f32>();
             let d = _mm512_broadcastss_ps(_mm_load_ss(scale));
             let m = _mm512_broadcastss_ps(_mm_load_ss(scale.add(1)));
+            // The block's 16 possible values, `q * d + m` for `q = 0..15` (the
+            // rounding of `block_values`), looked up by each weight's nibble:
+            // `permutexvar` reads only an index's low four bits, so the low nibbles
+            // need no mask. Two operations a block fewer on the ports the products
+            // use than converting every weight.
+            let nibbles = _mm512_setr_ps(
+                0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0,
+                15.0,
+            );
+            let table = _mm512_fmadd_ps(nibbles, d, m);
             [
-                block_values::<0>(codes, d, m),
-                block_values::<1>(codes, d, m),
+                _mm512_permutexvar_ps(codes, table),
+                _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(codes), table),
             ]
         }
     }
