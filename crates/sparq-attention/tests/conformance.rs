@@ -761,7 +761,7 @@ proptest! {
             .collect();
         let queries: Vec<Vec<f32>> = (0..branches).map(|_| lcg_values(&mut seed, g * d)).collect();
         let shared_pass = || {
-            let mut shared = vec![vec![0.0f32; g * d]; branches];
+            let mut shared = vec![vec![f32::NAN; g * d]; branches];
             let qs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
             let gs: Vec<&HeadKv> = gens.iter().collect();
             let mut outs: Vec<&mut [f32]> = shared.iter_mut().map(|o| o.as_mut_slice()).collect();
@@ -775,7 +775,7 @@ proptest! {
         let (shared, moved) = shared_pass();
         prop_assert_eq!(&baseline, &shared);
         for b in 0..branches {
-            let mut alone = vec![0.0f32; g * d];
+            let mut alone = vec![f32::NAN; g * d];
             let view = KvView::new(&prompt_kv, &gens[b]);
             let want = sparq_attention::Dense.attend(&mut HeadState::default(), &queries[b], &view, &mut alone);
             prop_assert_eq!(moved, want);

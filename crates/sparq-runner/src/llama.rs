@@ -177,9 +177,16 @@ impl Linear {
 
     /// A few rows (decode): `x` is `m x in`.
     fn forward_rows(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let mut out = vec![0.0; m * self.out_dim];
-        self.with_rows(|w| kernels::linear(x, m, w, self.out_dim, &mut out));
+        let mut out = Vec::new();
+        self.forward_rows_into(x, m, &mut out);
         out
+    }
+
+    /// [`Linear::forward_rows`] into `out`, resized to `m x out` (a buffer reused
+    /// across layers is not zeroed again: every entry is written).
+    fn forward_rows_into(&self, x: &[f32], m: usize, out: &mut Vec<f32>) {
+        out.resize(m * self.out_dim, 0.0);
+        self.with_rows(|w| kernels::linear(x, m, w, self.out_dim, out));
     }
 
     /// `f` of the weight matrix as the decode kernels read it.
@@ -630,12 +637,19 @@ impl Llama {
             .flatten_all()?
             .to_vec1::<f32>()?;
         let qkv_dim = (nh + 2 * nkv) * d;
+        let i_dim = c.intermediate_size;
+        // Buffers reused by every layer: allocating and zeroing them per layer was
+        // about 2% of a step of eight branches, on the calling thread alone.
+        let mut hn = vec![0.0f32; x.len()];
+        let (mut qkv, mut o, mut gu, mut down) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut attn = vec![0.0f32; m * nh * d];
+        let mut act = vec![0.0f32; m * i_dim];
         for (l, layer) in self.layers.iter().enumerate() {
             // 2. norm, projections and rotary embedding; the new key and value join
             //    each branch's own cache before attention
-            let mut hn = x.clone();
+            hn.copy_from_slice(&x);
             kernels::rms_norm(&mut hn, &layer.input_norm, c.rms_norm_eps as f32);
-            let mut qkv = layer.qkv.forward_rows(&hn, m);
+            layer.qkv.forward_rows_into(&hn, m, &mut qkv);
             // Branch by branch in parallel: each writes its own caches, whose
             // transposed keys take a scattered store per component (1.6-2.1 ms a step
             // for eight branches on one thread).
@@ -655,8 +669,8 @@ impl Llama {
                 }
             });
             // 3. attention through each branch's method, all (branch, KV head) pairs
-            //    in parallel (dense branches share one pass over the prompt)
-            let mut attn = vec![0.0f32; m * nh * d];
+            //    in parallel (dense branches share one pass over the prompt); every
+            //    method writes its heads' outputs whole
             crate::attend::attend_layer(
                 branches,
                 &prompt.kv[l],
@@ -666,20 +680,18 @@ impl Llama {
                 (nh, nkv, d),
                 &mut attn,
             );
-            let o = layer.o.forward_rows(&attn, m);
+            layer.o.forward_rows_into(&attn, m, &mut o);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             // 4. MLP block
-            let mut hn = x.clone();
+            hn.copy_from_slice(&x);
             kernels::rms_norm(&mut hn, &layer.post_attention_norm, c.rms_norm_eps as f32);
-            let gu = layer.gate_up.forward_rows(&hn, m);
-            let i_dim = c.intermediate_size;
-            let mut act = vec![0.0f32; m * i_dim];
+            layer.gate_up.forward_rows_into(&hn, m, &mut gu);
             for (b, row) in gu.chunks(2 * i_dim).enumerate() {
                 let dst = &mut act[b * i_dim..(b + 1) * i_dim];
                 dst.copy_from_slice(&row[..i_dim]);
                 sparq_attention::silu_mul(dst, &row[i_dim..]);
             }
-            let down = layer.down.forward_rows(&act, m);
+            layer.down.forward_rows_into(&act, m, &mut down);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
         for br in branches.iter_mut() {
