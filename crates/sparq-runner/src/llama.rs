@@ -639,11 +639,13 @@ impl Llama {
         let qkv_dim = (nh + 2 * nkv) * d;
         let i_dim = c.intermediate_size;
         // Buffers reused by every layer: allocating and zeroing them per layer was
-        // about 2% of a step of eight branches, on the calling thread alone.
-        let mut hn = vec![0.0f32; x.len()];
+        // about 2% of a step of eight branches, on the calling thread alone. The
+        // projections' inputs start on cache lines, as the weight kernels want them
+        // (`kernels::linear` copies any other input onto lines first).
+        let mut hn = LineAligned::zeroed(x.len());
         let (mut qkv, mut o, mut gu, mut down) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut attn = vec![0.0f32; m * nh * d];
-        let mut act = vec![0.0f32; m * i_dim];
+        let mut attn = LineAligned::zeroed(m * nh * d);
+        let mut act = LineAligned::zeroed(m * i_dim);
         for (l, layer) in self.layers.iter().enumerate() {
             // 2. norm, projections and rotary embedding; the new key and value join
             //    each branch's own cache before attention
@@ -686,11 +688,11 @@ impl Llama {
             hn.copy_from_slice(&x);
             kernels::rms_norm(&mut hn, &layer.post_attention_norm, c.rms_norm_eps as f32);
             layer.gate_up.forward_rows_into(&hn, m, &mut gu);
-            for (b, row) in gu.chunks(2 * i_dim).enumerate() {
-                let dst = &mut act[b * i_dim..(b + 1) * i_dim];
+            let rows: Vec<_> = act.chunks_mut(i_dim).zip(gu.chunks(2 * i_dim)).collect();
+            crate::spread::run_each(rows, |(dst, row)| {
                 dst.copy_from_slice(&row[..i_dim]);
                 sparq_attention::silu_mul(dst, &row[i_dim..]);
-            }
+            });
             layer.down.forward_rows_into(&act, m, &mut down);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
