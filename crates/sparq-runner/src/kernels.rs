@@ -84,7 +84,7 @@ pub fn linear(x: &[f32], m: usize, w: WeightRows<'_>, n: usize, out: &mut [f32])
     // the thread that computed a chunk moves it into its columns of `out`. (A
     // transposition of the whole output afterwards was serial: the other thread waited
     // through it, 2.6% of a step of eight branches.)
-    let dst = DisjointColumns::new(out, m, n);
+    let dst = DisjointRows::new(out, n);
     spread_rows(n, &|rows| {
         with_part(rows.len() * m, |part| {
             products(x, m, w, k, rows.start, part);
@@ -110,47 +110,6 @@ fn with_part<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         Ok(mut buf) => run(&mut buf),
         Err(_) => run(&mut Vec::new()),
     })
-}
-
-/// A `m x n` buffer whose columns several threads fill, each its own columns.
-struct DisjointColumns<'a> {
-    ptr: *mut f32,
-    m: usize,
-    n: usize,
-    _buf: std::marker::PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: the callers of `scatter` guarantee that no two threads take the same columns.
-unsafe impl Sync for DisjointColumns<'_> {}
-
-impl<'a> DisjointColumns<'a> {
-    fn new(buf: &'a mut [f32], m: usize, n: usize) -> Self {
-        assert_eq!(buf.len(), m * n);
-        Self {
-            ptr: buf.as_mut_ptr(),
-            m,
-            n,
-            _buf: std::marker::PhantomData,
-        }
-    }
-
-    /// Column `cols.start + j` of row `b` becomes `part[j * m + b]`.
-    ///
-    /// # Safety
-    /// No other thread may write or read these columns meanwhile.
-    unsafe fn scatter(&self, cols: std::ops::Range<usize>, part: &[f32]) {
-        assert!(cols.end <= self.n && part.len() == cols.len() * self.m);
-        for b in 0..self.m {
-            // SAFETY: row `b`'s columns `cols` are in bounds (checked above) and
-            // exclusive by the caller's promise.
-            let row = unsafe {
-                std::slice::from_raw_parts_mut(self.ptr.add(b * self.n + cols.start), cols.len())
-            };
-            for (y, p) in row.iter_mut().zip(part.chunks_exact(self.m)) {
-                *y = p[b];
-            }
-        }
-    }
 }
 
 /// What [`linear`] gives for the weight rows `rows` alone, bit for bit, transposed:
@@ -316,7 +275,8 @@ fn spread_rows(n: usize, task: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
     }
 }
 
-/// A buffer of `width`-long rows that several threads fill, each its own rows.
+/// A buffer of `width`-long rows that several threads fill, each its own rows (or,
+/// through [`DisjointRows::scatter`], its own columns).
 struct DisjointRows<'a> {
     ptr: *mut f32,
     rows: usize,
@@ -324,7 +284,8 @@ struct DisjointRows<'a> {
     _buf: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: the callers of `rows` guarantee that no two threads take the same rows.
+// SAFETY: the callers of `rows` and `scatter` guarantee that no two threads take the
+// same rows, or columns.
 unsafe impl Sync for DisjointRows<'_> {}
 
 impl<'a> DisjointRows<'a> {
@@ -347,6 +308,29 @@ impl<'a> DisjointRows<'a> {
         // SAFETY: in bounds (checked above); exclusive by the caller's promise.
         unsafe {
             std::slice::from_raw_parts_mut(self.ptr.add(r.start * self.width), r.len() * self.width)
+        }
+    }
+
+    /// Column `cols.start + j` of row `b` becomes `part[j * rows + b]` (`part` holds
+    /// the columns one after another, each a value per row).
+    ///
+    /// # Safety
+    /// No other thread may write or read these columns meanwhile.
+    unsafe fn scatter(&self, cols: std::ops::Range<usize>, part: &[f32]) {
+        assert!(cols.start <= cols.end && cols.end <= self.width);
+        assert_eq!(part.len(), cols.len() * self.rows);
+        for b in 0..self.rows {
+            // SAFETY: row `b`'s columns `cols` are in bounds (checked above) and
+            // exclusive by the caller's promise.
+            let row = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.ptr.add(b * self.width + cols.start),
+                    cols.len(),
+                )
+            };
+            for (y, p) in row.iter_mut().zip(part.chunks_exact(self.rows)) {
+                *y = p[b];
+            }
         }
     }
 }
