@@ -29,8 +29,10 @@ use crate::tiled_logits::logits;
 /// two lines.
 #[inline(always)]
 fn line_slots(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    let all = slots(buf, n + 16);
-    let skip = all.as_ptr().align_offset(64).min(16);
+    /// Floats in a 64-byte cache line: the most a start on one can be skipped by.
+    const LINE: usize = 16;
+    let all = slots(buf, n + LINE);
+    let skip = all.as_ptr().align_offset(64).min(LINE);
     &mut all[skip..skip + n]
 }
 
