@@ -483,15 +483,82 @@ unsafe fn eight_q4_products(w: &Q4Rows, o: usize, x: &[f32]) -> [[f32; 8]; 2] {
             }
         }
     }
-    // Loops, not `map`: through `map` the test build called the reduction out of
-    // line (38% of the kernel's time).
-    let mut sums = [[0.0f32; 8]; 2];
-    for (row_sums, row_acc) in sums.iter_mut().zip(&acc) {
-        for (s, a) in row_sums.iter_mut().zip(row_acc) {
+    // SAFETY: the CPU has AVX-512F (the caller's contract).
+    unsafe { reduce_rows(&acc) }
+}
+
+/// Each register of `acc` added up exactly as `_mm512_reduce_add_ps` adds it, two
+/// rows (16 registers) at a time through [`reduce_sixteen`].
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn reduce_rows<const R: usize>(acc: &[[std::arch::x86_64::__m512; 8]; R]) -> [[f32; 8]; R] {
+    use std::arch::x86_64::_mm512_reduce_add_ps;
+    let mut sums = [[0.0f32; 8]; R];
+    let mut pairs = acc.chunks_exact(2);
+    for (pair, out) in (&mut pairs).zip(sums.chunks_exact_mut(2)) {
+        let v: [_; 16] = std::array::from_fn(|i| pair[i / 8][i % 8]);
+        // SAFETY: the CPU has AVX-512F (the caller's contract).
+        let all = unsafe { reduce_sixteen(v) };
+        out[0].copy_from_slice(&all[..8]);
+        out[1].copy_from_slice(&all[8..]);
+    }
+    if let [last] = pairs.remainder() {
+        for (s, a) in sums[R - 1].iter_mut().zip(last) {
             *s = _mm512_reduce_add_ps(*a);
         }
     }
     sums
+}
+
+/// The sums of 16 registers' lanes, each added up exactly as `_mm512_reduce_add_ps`
+/// adds one (halves of 8, then 4, then the pairs `(0, 2)` and `(1, 3)`, then those
+/// two: the same additions of the same operands, so the same bits), the 16 at once:
+/// each level's additions of two registers are one vector addition after two
+/// shuffles, 45 operations in all against about 7 for each register alone. With two
+/// rows of eight branches over 576 columns, the reductions one at a time were about
+/// a tenth of the paired kernel's operations.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn reduce_sixteen(v: [std::arch::x86_64::__m512; 16]) -> [f32; 16] {
+    use std::arch::x86_64::*;
+    // Level 1, two registers a time: 128-bit blocks (0, 1) of each plus blocks (2, 3).
+    // `halves[j]` holds register 2j's eight sums in blocks 0-1, 2j+1's in blocks 2-3.
+    let halves: [__m512; 8] = std::array::from_fn(|j| {
+        let (a, b) = (v[2 * j], v[2 * j + 1]);
+        let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+        let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+        _mm512_add_ps(lo, hi)
+    });
+    // Level 2: block 0 plus block 1 of each register's eight. `quarters[j]` holds the
+    // four sums of registers 4j..4j+3, one per block.
+    let quarters: [__m512; 4] = std::array::from_fn(|j| {
+        let (s, t) = (halves[2 * j], halves[2 * j + 1]);
+        let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(s, t);
+        let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(s, t);
+        _mm512_add_ps(lo, hi)
+    });
+    // Level 3, within each block: lanes (0, 1) plus lanes (2, 3). Block k of
+    // `pairs[j]` holds register 8j+k's two sums, then register 8j+4+k's.
+    let pairs: [__m512; 2] = std::array::from_fn(|j| {
+        let (u, w) = (quarters[2 * j], quarters[2 * j + 1]);
+        let lo = _mm512_shuffle_ps::<0b01_00_01_00>(u, w);
+        let hi = _mm512_shuffle_ps::<0b11_10_11_10>(u, w);
+        _mm512_add_ps(lo, hi)
+    });
+    // Level 4: lane 0 plus lane 1 of each pair. Block k holds the totals of registers
+    // k, 4 + k, 8 + k and 12 + k.
+    let lo = _mm512_shuffle_ps::<0b10_00_10_00>(pairs[0], pairs[1]);
+    let hi = _mm512_shuffle_ps::<0b11_01_11_01>(pairs[0], pairs[1]);
+    let mut totals = [0.0f32; 16];
+    // SAFETY: `totals` holds 16 floats.
+    unsafe { _mm512_storeu_ps(totals.as_mut_ptr(), _mm512_add_ps(lo, hi)) };
+    std::array::from_fn(|i| totals[4 * (i % 4) + i / 4])
 }
 
 /// One branch, rows in Q4_1 blocks: `dst[j] = w[first + j] . x`, four rows at a time
@@ -689,10 +756,10 @@ unsafe fn eight_products<const R: usize>(
         }
         i += 16;
     }
-    let mut sums = [[0.0f32; 8]; R];
-    for (r, (row_sums, row_acc)) in sums.iter_mut().zip(&acc).enumerate() {
-        for (b, (s, a)) in row_sums.iter_mut().zip(row_acc).enumerate() {
-            *s = _mm512_reduce_add_ps(*a);
+    // SAFETY: the CPU has AVX-512F (the caller's contract).
+    let mut sums = unsafe { reduce_rows(&acc) };
+    for (r, row_sums) in sums.iter_mut().enumerate() {
+        for (b, s) in row_sums.iter_mut().enumerate() {
             for j in full..n {
                 *s += weight(r, j) * x[b * stride + j];
             }
@@ -1261,6 +1328,38 @@ mod tests {
             linear(&buf[off..off + m * k], m, WeightRows::Q4(&q), n, &mut got);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "offset {off}");
+        }
+    }
+
+    /// Sixteen registers reduced together equal each reduced alone, bit for bit, on
+    /// lanes of mixed signs and magnitudes (where any other order of the additions
+    /// rounds differently).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sixteen_reductions_at_once_equal_one_at_a_time() {
+        use std::arch::x86_64::*;
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let unit = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            unit * 10f32.powi((seed >> 20) as i32 % 9 - 4)
+        };
+        for _ in 0..200 {
+            let lanes: Vec<f32> = (0..256).map(|_| next()).collect();
+            // SAFETY: the CPU has AVX-512F (checked above); 16 loads of 16 floats.
+            let (got, want) = unsafe {
+                let v: [__m512; 16] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(lanes.as_ptr().add(16 * i)));
+                let want: [f32; 16] = std::array::from_fn(|i| _mm512_reduce_add_ps(v[i]));
+                (reduce_sixteen(v), want)
+            };
+            let bits = |x: [f32; 16]| x.map(f32::to_bits);
+            assert_eq!(bits(got), bits(want));
         }
     }
 
