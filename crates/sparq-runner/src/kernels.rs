@@ -499,7 +499,10 @@ unsafe fn reduce_rows<const R: usize>(acc: &[[std::arch::x86_64::__m512; 8]; R])
     let mut sums = [[0.0f32; 8]; R];
     let mut pairs = acc.chunks_exact(2);
     for (pair, out) in (&mut pairs).zip(sums.chunks_exact_mut(2)) {
-        let v: [_; 16] = std::array::from_fn(|i| pair[i / 8][i % 8]);
+        let mut v = [std::arch::x86_64::_mm512_setzero_ps(); 16];
+        for (i, r) in v.iter_mut().enumerate() {
+            *r = pair[i / 8][i % 8];
+        }
         // SAFETY: the CPU has AVX-512F (the caller's contract).
         let all = unsafe { reduce_sixteen(v) };
         out[0].copy_from_slice(&all[..8]);
@@ -525,32 +528,37 @@ unsafe fn reduce_rows<const R: usize>(acc: &[[std::arch::x86_64::__m512; 8]; R])
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn reduce_sixteen(v: [std::arch::x86_64::__m512; 16]) -> [f32; 16] {
+pub(crate) unsafe fn reduce_sixteen(v: [std::arch::x86_64::__m512; 16]) -> [f32; 16] {
     use std::arch::x86_64::*;
     // Level 1, two registers a time: 128-bit blocks (0, 1) of each plus blocks (2, 3).
     // `halves[j]` holds register 2j's eight sums in blocks 0-1, 2j+1's in blocks 2-3.
-    let halves: [__m512; 8] = std::array::from_fn(|j| {
+    // Loops, not `array::from_fn`: its closures are compiled without the caller's
+    // AVX-512, and the shuffles in them became calls.
+    let mut halves = [_mm512_setzero_ps(); 8];
+    for (j, h) in halves.iter_mut().enumerate() {
         let (a, b) = (v[2 * j], v[2 * j + 1]);
         let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
         let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
-        _mm512_add_ps(lo, hi)
-    });
+        *h = _mm512_add_ps(lo, hi);
+    }
     // Level 2: block 0 plus block 1 of each register's eight. `quarters[j]` holds the
     // four sums of registers 4j..4j+3, one per block.
-    let quarters: [__m512; 4] = std::array::from_fn(|j| {
+    let mut quarters = [_mm512_setzero_ps(); 4];
+    for (j, q) in quarters.iter_mut().enumerate() {
         let (s, t) = (halves[2 * j], halves[2 * j + 1]);
         let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(s, t);
         let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(s, t);
-        _mm512_add_ps(lo, hi)
-    });
+        *q = _mm512_add_ps(lo, hi);
+    }
     // Level 3, within each block: lanes (0, 1) plus lanes (2, 3). Block k of
     // `pairs[j]` holds register 8j+k's two sums, then register 8j+4+k's.
-    let pairs: [__m512; 2] = std::array::from_fn(|j| {
+    let mut pairs = [_mm512_setzero_ps(); 2];
+    for (j, p) in pairs.iter_mut().enumerate() {
         let (u, w) = (quarters[2 * j], quarters[2 * j + 1]);
         let lo = _mm512_shuffle_ps::<0b01_00_01_00>(u, w);
         let hi = _mm512_shuffle_ps::<0b11_10_11_10>(u, w);
-        _mm512_add_ps(lo, hi)
-    });
+        *p = _mm512_add_ps(lo, hi);
+    }
     // Level 4: lane 0 plus lane 1 of each pair. Block k holds the totals of registers
     // k, 4 + k, 8 + k and 12 + k.
     let lo = _mm512_shuffle_ps::<0b10_00_10_00>(pairs[0], pairs[1]);
@@ -558,7 +566,11 @@ unsafe fn reduce_sixteen(v: [std::arch::x86_64::__m512; 16]) -> [f32; 16] {
     let mut totals = [0.0f32; 16];
     // SAFETY: `totals` holds 16 floats.
     unsafe { _mm512_storeu_ps(totals.as_mut_ptr(), _mm512_add_ps(lo, hi)) };
-    std::array::from_fn(|i| totals[4 * (i % 4) + i / 4])
+    let mut sums = [0.0f32; 16];
+    for (i, s) in sums.iter_mut().enumerate() {
+        *s = totals[4 * (i % 4) + i / 4];
+    }
+    sums
 }
 
 /// One branch, rows in Q4_1 blocks: `dst[j] = w[first + j] . x`, four rows at a time
