@@ -487,30 +487,37 @@ unsafe fn eight_q4_products(w: &Q4Rows, o: usize, x: &[f32]) -> [[f32; 8]; 2] {
     unsafe { reduce_rows(&acc) }
 }
 
-/// Each register of `acc` added up exactly as `_mm512_reduce_add_ps` adds it, two
-/// rows (16 registers) at a time through [`reduce_sixteen`].
+/// Each register of `acc` (`R` rows of `M` branches) added up exactly as
+/// `_mm512_reduce_add_ps` adds it; with eight branches, two rows (16 registers) at a
+/// time through [`reduce_sixteen`].
 ///
 /// # Safety
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn reduce_rows<const R: usize>(acc: &[[std::arch::x86_64::__m512; 8]; R]) -> [[f32; 8]; R] {
+pub(crate) unsafe fn reduce_rows<const M: usize, const R: usize>(
+    acc: &[[std::arch::x86_64::__m512; M]; R],
+) -> [[f32; M]; R] {
     use std::arch::x86_64::_mm512_reduce_add_ps;
-    let mut sums = [[0.0f32; 8]; R];
-    let mut pairs = acc.chunks_exact(2);
-    for (pair, out) in (&mut pairs).zip(sums.chunks_exact_mut(2)) {
-        let mut v = [std::arch::x86_64::_mm512_setzero_ps(); 16];
-        for (i, r) in v.iter_mut().enumerate() {
-            *r = pair[i / 8][i % 8];
+    let mut sums = [[0.0f32; M]; R];
+    let mut done = 0;
+    if M == 8 {
+        for (pair, out) in acc.chunks_exact(2).zip(sums.chunks_exact_mut(2)) {
+            let mut v = [std::arch::x86_64::_mm512_setzero_ps(); 16];
+            for (i, r) in v.iter_mut().enumerate() {
+                *r = pair[i / 8][i % 8];
+            }
+            // SAFETY: the CPU has AVX-512F (the caller's contract).
+            let all = unsafe { reduce_sixteen(v) };
+            for (i, &t) in all.iter().enumerate() {
+                out[i / 8][i % 8] = t;
+            }
         }
-        // SAFETY: the CPU has AVX-512F (the caller's contract).
-        let all = unsafe { reduce_sixteen(v) };
-        out[0].copy_from_slice(&all[..8]);
-        out[1].copy_from_slice(&all[8..]);
+        done = R / 2 * 2;
     }
-    if let [last] = pairs.remainder() {
-        for (s, a) in sums[R - 1].iter_mut().zip(last) {
-            *s = _mm512_reduce_add_ps(*a);
+    for (row, a) in sums.iter_mut().zip(acc).skip(done) {
+        for (s, &ab) in row.iter_mut().zip(a) {
+            *s = _mm512_reduce_add_ps(ab);
         }
     }
     sums
@@ -528,7 +535,7 @@ unsafe fn reduce_rows<const R: usize>(acc: &[[std::arch::x86_64::__m512; 8]; R])
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn reduce_sixteen(v: [std::arch::x86_64::__m512; 16]) -> [f32; 16] {
+unsafe fn reduce_sixteen(v: [std::arch::x86_64::__m512; 16]) -> [f32; 16] {
     use std::arch::x86_64::*;
     // Level 1, two registers a time: 128-bit blocks (0, 1) of each plus blocks (2, 3).
     // `halves[j]` holds register 2j's eight sums in blocks 0-1, 2j+1's in blocks 2-3.

@@ -384,26 +384,8 @@ unsafe fn screen_avx512<const M: usize, const R: usize>(
                 }
             }
         }
-        // Two rows of eight branches are reduced together (`reduce_sixteen`: the same
-        // additions as one register at a time, fewer operations).
-        let mut sums = [[0.0f32; M]; R];
-        if M == 8 && R == 2 {
-            let mut v = [_mm512_setzero_ps(); 16];
-            for (i, r) in v.iter_mut().enumerate() {
-                *r = acc[i / 8][i % 8];
-            }
-            // SAFETY: the CPU has AVX-512F (this function's contract).
-            let all = unsafe { crate::kernels::reduce_sixteen(v) };
-            for (i, &t) in all.iter().enumerate() {
-                sums[i / 8][i % 8] = t;
-            }
-        } else {
-            for (row, a) in sums.iter_mut().zip(&acc) {
-                for (s, &ab) in row.iter_mut().zip(a) {
-                    *s = _mm512_reduce_add_ps(ab);
-                }
-            }
-        }
+        // SAFETY: the CPU has AVX-512F (this function's contract).
+        let sums = unsafe { crate::kernels::reduce_rows(&acc) };
         for (r, row) in sums.iter().enumerate() {
             for (b, &sum) in row.iter().enumerate() {
                 part[(o + r - first) * m + b0 + b] = finish(o + r, b, sum);
