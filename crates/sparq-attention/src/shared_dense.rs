@@ -24,13 +24,14 @@ use crate::cache::HeadKv;
 use crate::kernels::{exp, max, slots, Scratch};
 use crate::tiled_logits::logits;
 
+/// Floats in a 64-byte cache line: the most a start on one can be skipped by.
+const LINE: usize = 16;
+
 /// [`slots`] starting on a cache line: the kernels load and store whole registers of
 /// these buffers, and from an allocator's 16-byte alignment each such access spans
 /// two lines.
 #[inline(always)]
 fn line_slots(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    /// Floats in a 64-byte cache line: the most a start on one can be skipped by.
-    const LINE: usize = 16;
     let all = slots(buf, n + LINE);
     let skip = all.as_ptr().align_offset(64).min(LINE);
     &mut all[skip..skip + n]
@@ -47,37 +48,90 @@ pub(crate) fn dense_shared_prompt(
     outs: &mut [&mut [f32]],
     sc: &mut Scratch,
 ) {
+    let mut buf = std::mem::take(&mut sc.logits);
+    let z = weights_buffer(&mut buf, queries, prompt, generated);
+    all_logits(queries, prompt, generated, z, &mut sc.qs);
+    softmax_rows(z, positions(prompt, generated));
+    weighted_values(z, prompt, generated, outs, sc);
+    sc.logits = buf;
+}
+
+/// The part of `buf` that holds a pass's logits and then its softmax weights: one row
+/// of every position per head, on a cache line.
+#[inline(always)]
+pub(crate) fn weights_buffer<'a>(
+    buf: &'a mut Vec<f32>,
+    queries: &[&[f32]],
+    prompt: &HeadKv,
+    generated: &[&HeadKv],
+) -> &'a mut [f32] {
+    let d = prompt.head_dim();
+    let heads = queries.iter().map(|q| q.len() / d).sum::<usize>();
+    line_slots(buf, heads * positions(prompt, generated))
+}
+
+/// Positions every head attends: the prompt's, then its branch's own.
+pub(crate) fn positions(prompt: &HeadKv, generated: &[&HeadKv]) -> usize {
+    prompt.len() + generated.first().map_or(0, |g| g.len())
+}
+
+/// Step 1 of the pass: every head's logits over the prompt's positions, then its
+/// branch's own, into `z` (head-major rows of all positions). `qs` is scratch.
+#[inline(always)]
+pub(crate) fn all_logits(
+    queries: &[&[f32]],
+    prompt: &HeadKv,
+    generated: &[&HeadKv],
+    z: &mut [f32],
+    qs: &mut Vec<f32>,
+) {
     let d = prompt.head_dim();
     let sp = prompt.len();
-    let sg = generated.first().map_or(0, |g| g.len());
-    let s = sp + sg;
+    let s = positions(prompt, generated);
     let g = queries.first().map_or(0, |q| q.len() / d);
-    let heads = g * queries.len();
     let scale = 1.0 / (d as f32).sqrt();
-    sc.qs.clear();
+    qs.clear();
     for q in queries {
-        sc.qs.extend(q.iter().map(|x| x * scale));
+        qs.extend(q.iter().map(|x| x * scale));
     }
-    let qs = &sc.qs[..];
-    // Head-major rows of `s` logits: the prompt's positions, then the branch's own.
-    let z = line_slots(&mut sc.logits, heads * s);
+    let qs = &qs[..];
     // 1. logits of the prompt's positions for every head, then of each branch's own
     logits(prompt, qs, z, s);
     for (b, gen) in generated.iter().enumerate() {
         let heads_b = &qs[b * g * d..(b + 1) * g * d];
         logits(gen, heads_b, &mut z[b * g * s + sp..], s);
     }
-    // 2. unnormalised softmax weights
+}
+
+/// Step 2: each row of `s` logits of `z` into unnormalised softmax weights.
+#[inline(always)]
+pub(crate) fn softmax_rows(z: &mut [f32], s: usize) {
     for row in z.chunks_exact_mut(s) {
         let m = max(row);
         for x in row.iter_mut() {
             *x = exp(*x - m);
         }
     }
-    // 3. weighted values and the weights' sums (each a chain over the positions in
-    //    order): the prompt's positions for every head, a block of heads at a time over
-    //    a chunk of value rows that stays in cache; then each branch's own
-    let z = &*z;
+}
+
+/// Step 3 of the pass: the weighted values and the weights' sums (each a chain over
+/// the positions in order) from [`softmax_rows`]' `z`, normalised into `outs`: the
+/// prompt's positions for every head, a block of heads at a time over a chunk of value
+/// rows that stays in cache; then each branch's own.
+#[inline(always)]
+pub(crate) fn weighted_values(
+    z: &[f32],
+    prompt: &HeadKv,
+    generated: &[&HeadKv],
+    outs: &mut [&mut [f32]],
+    sc: &mut Scratch,
+) {
+    let d = prompt.head_dim();
+    let sp = prompt.len();
+    let sg = generated.first().map_or(0, |g| g.len());
+    let s = sp + sg;
+    let heads = z.len() / s;
+    let g = heads / generated.len().max(1);
     let per_block = (256 / d).clamp(1, 4);
     let chunk = (16 * 1024 / (4 * d)).max(1);
     let acc = line_slots(&mut sc.weights, heads * d);

@@ -9,6 +9,7 @@ mod reference;
 
 use proptest::prelude::*;
 use reference::{reference_for, Cache, RefStep};
+use sparq_attention::dense::{attend_shared_prompt_from, LogitsHandoff};
 use sparq_attention::{
     AttentionMethod, HeadKv, HeadState, KvView, MethodConfig, MethodSpec, ModelShape, Trace,
 };
@@ -774,6 +775,34 @@ proptest! {
         sparq_attention::set_simd(true);
         let (shared, moved) = shared_pass();
         prop_assert_eq!(&baseline, &shared);
+        // The pass split into its logits and the rest (two jobs, which the runner
+        // hands to two threads), in either order and side by side, from a reused
+        // buffer: the same bits.
+        let qs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
+        let gs: Vec<&HeadKv> = gens.iter().collect();
+        for order in ["logits first", "finish first", "side by side"] {
+            let handoff = LogitsHandoff::new(vec![f32::NAN; 3 * branches * g * (prompt + 9)]);
+            let mut split = vec![vec![f32::NAN; g * d]; branches];
+            let mut outs: Vec<&mut [f32]> = split.iter_mut().map(|o| o.as_mut_slice()).collect();
+            let split_moved = match order {
+                "logits first" => {
+                    handoff.compute(&qs, &prompt_kv, &gs);
+                    attend_shared_prompt_from(&handoff, &qs, &prompt_kv, &gs, &mut outs)
+                }
+                "finish first" => {
+                    let n = attend_shared_prompt_from(&handoff, &qs, &prompt_kv, &gs, &mut outs);
+                    handoff.compute(&qs, &prompt_kv, &gs);
+                    n
+                }
+                _ => std::thread::scope(|scope| {
+                    scope.spawn(|| handoff.compute(&qs, &prompt_kv, &gs));
+                    attend_shared_prompt_from(&handoff, &qs, &prompt_kv, &gs, &mut outs)
+                }),
+            };
+            prop_assert_eq!(split_moved, moved);
+            let same = split.iter().flatten().zip(shared.iter().flatten()).all(|(a, s)| a.to_bits() == s.to_bits());
+            prop_assert!(same, "{}: {:?} vs {:?}", order, split, shared);
+        }
         for b in 0..branches {
             let mut alone = vec![f32::NAN; g * d];
             let view = KvView::new(&prompt_kv, &gens[b]);

@@ -7,6 +7,7 @@
 //! Eight dense branches would otherwise read the prompt's keys and values eight times
 //! per step, more bytes than the weights themselves at a 1,600-token prompt.
 
+use sparq_attention::dense::LogitsHandoff;
 use sparq_attention::{AttentionMethod, HeadKv, HeadState, KvView};
 use std::collections::BTreeMap;
 
@@ -30,6 +31,19 @@ enum Job<'a> {
     },
     /// Several dense branches of one KV head, one pass over the prompt.
     SharedDense {
+        prompt: &'a HeadKv,
+        heads: Vec<Head<'a>>,
+    },
+    /// The first half of a `SharedDense` pass: its logits (reads the keys).
+    Logits {
+        handoff: &'a LogitsHandoff,
+        prompt: &'a HeadKv,
+        queries: Vec<&'a [f32]>,
+        generated: Vec<&'a HeadKv>,
+    },
+    /// The second half: the softmax and the weighted values (reads the values).
+    Finish {
+        handoff: &'a LogitsHandoff,
         prompt: &'a HeadKv,
         heads: Vec<Head<'a>>,
     },
@@ -57,15 +71,39 @@ impl Job<'_> {
                 );
                 heads.iter().map(|h| (h.branch, each)).collect()
             }
+            Job::Logits {
+                handoff,
+                prompt,
+                queries,
+                generated,
+            } => {
+                handoff.compute(&queries, prompt, &generated);
+                Vec::new()
+            }
+            Job::Finish {
+                handoff,
+                prompt,
+                mut heads,
+            } => {
+                let queries: Vec<&[f32]> = heads.iter().map(|h| h.q).collect();
+                let generated: Vec<&HeadKv> = heads.iter().map(|h| h.generated).collect();
+                let mut outs: Vec<&mut [f32]> = heads.iter_mut().map(|h| &mut *h.out).collect();
+                let each = sparq_attention::dense::attend_shared_prompt_from(
+                    handoff, &queries, prompt, &generated, &mut outs,
+                );
+                heads.iter().map(|h| (h.branch, each)).collect()
+            }
         }
     }
 }
 
 /// Layer `l`'s attention: `qkv` holds each branch's projected row (`qkv_dim` long,
 /// query heads first), `attn` receives each branch's `nh * d` outputs. Adds every
-/// branch's moved elements to its count.
+/// branch's moved elements to its count. `buffers` holds the logits handed between
+/// threads (kept for the next layer).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attend_layer(
+    buffers: &mut Vec<Vec<f32>>,
     branches: &mut [Branch],
     prompt: &[HeadKv],
     l: usize,
@@ -117,27 +155,62 @@ pub(crate) fn attend_layer(
         }
     }
     // Each dense group is one job that reads its KV head's prompt once, except the
-    // groups left over after sharing them out evenly among the threads, which are split
-    // by branches into one piece per thread (each piece rereads the prompt). With 3 KV
-    // heads on 2 threads: two whole heads, then two halves of the third, so each thread
-    // reads two heads' prompts instead of three (all six halves, as before), for the
-    // same work. Whole groups go first, so the halves fill in at the end.
+    // groups left over after sharing them out evenly among the threads. A leftover
+    // group of several branches is split by branches into one piece per thread, each
+    // piece rereading the prompt: with 3 KV heads on 2 threads, two whole heads and two
+    // halves of the third, so each thread reads two heads' prompts instead of three.
+    // A leftover group of one branch cannot be split so; its pass is split into the
+    // logits (reading the keys), which go first, and the softmax and weighted values
+    // (reading the values), which go last, so that with 3 KV heads neither thread idles
+    // through a third of the pass. (Splitting eight branches' passes so measured
+    // slower than by branches: the other core's 154 KB of logits cost more than the
+    // keys and values they save.)
     let threads = rayon::current_num_threads().max(1);
     let whole = dense.len() - dense.len() % threads;
+    let by_phase = |i: usize, branches: usize| i >= whole && whole > 0 && branches < threads;
+    let handoffs: Vec<LogitsHandoff> = dense
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, heads))| by_phase(*i, heads.len()))
+        .map(|_| LogitsHandoff::new(buffers.pop().unwrap_or_default()))
+        .collect();
+    let mut handoff = handoffs.iter();
+    let (mut first, mut last) = (Vec::new(), Vec::new());
     for (i, ((_, kvh), heads)) in dense.into_iter().enumerate() {
+        let prompt = &prompt[kvh];
+        if by_phase(i, heads.len()) {
+            let handoff = handoff
+                .next()
+                .expect("one handoff per group split by phase");
+            first.push(Job::Logits {
+                handoff,
+                prompt,
+                queries: heads.iter().map(|h| h.q).collect(),
+                generated: heads.iter().map(|h| h.generated).collect(),
+            });
+            last.push(Job::Finish {
+                handoff,
+                prompt,
+                heads,
+            });
+            continue;
+        }
         let pieces = if i < whole { 1 } else { threads };
         let per_piece = heads.len().div_ceil(pieces).max(1);
         let mut heads = heads.into_iter().peekable();
         while heads.peek().is_some() {
             let piece: Vec<Head<'_>> = heads.by_ref().take(per_piece).collect();
             jobs.push(Job::SharedDense {
-                prompt: &prompt[kvh],
+                prompt,
                 heads: piece,
             });
         }
     }
-    let moved = crate::spread::run_each(jobs, Job::run);
+    first.append(&mut jobs);
+    first.append(&mut last);
+    let moved = crate::spread::run_each(first, Job::run);
     for (b, n) in moved.into_iter().flatten() {
         branches[b].elements_moved += n;
     }
+    buffers.extend(handoffs.into_iter().map(LogitsHandoff::into_buffer));
 }

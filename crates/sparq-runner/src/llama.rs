@@ -646,6 +646,7 @@ impl Llama {
         let (mut qkv, mut o, mut gu, mut down) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut attn = LineAligned::zeroed(m * nh * d);
         let mut act = LineAligned::zeroed(m * i_dim);
+        let mut handoff_buffers = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             // 2. norm, projections and rotary embedding; the new key and value join
             //    each branch's own cache before attention
@@ -674,6 +675,7 @@ impl Llama {
             //    in parallel (dense branches share one pass over the prompt); every
             //    method writes its heads' outputs whole
             crate::attend::attend_layer(
+                &mut handoff_buffers,
                 branches,
                 &prompt.kv[l],
                 l,
