@@ -162,9 +162,9 @@ pub(crate) fn attend_layer(
     // A leftover group of one branch cannot be split so; its pass is split into the
     // logits (reading the keys), which go first, and the softmax and weighted values
     // (reading the values), which go last, so that with 3 KV heads neither thread idles
-    // through a third of the pass. (Splitting eight branches' passes so measured
-    // slower than by branches: the other core's 154 KB of logits cost more than the
-    // keys and values they save.)
+    // through a third of the pass. (Eight branches' passes measured slower split so,
+    // 416 against 453 tok/s, and split by positions too: docs/BENCHMARKS.md, session
+    // 15.)
     let threads = rayon::current_num_threads().max(1);
     let whole = dense.len() - dense.len() % threads;
     let by_phase = |i: usize, branches: usize| i >= whole && whole > 0 && branches < threads;
