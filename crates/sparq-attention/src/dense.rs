@@ -49,10 +49,24 @@ pub fn attend_shared_prompt(
     generated: &[&HeadKv],
     outs: &mut [&mut [f32]],
 ) -> u64 {
+    run_checked(queries, prompt, generated, outs, |outs| {
+        with_scratch(|sc| compute_shared(queries, prompt, generated, outs, sc))
+    })
+}
+
+/// `pass` into `outs` once the arguments of a shared-prompt pass are checked; the
+/// elements each branch moved.
+fn run_checked(
+    queries: &[&[f32]],
+    prompt: &HeadKv,
+    generated: &[&HeadKv],
+    outs: &mut [&mut [f32]],
+    pass: impl FnOnce(&mut [&mut [f32]]),
+) -> u64 {
     let Some(first) = check_shared(queries, prompt, generated, outs) else {
         return 0;
     };
-    with_scratch(|sc| compute_shared(queries, prompt, generated, outs, sc));
+    pass(outs);
     Budget::Dense.elements(prompt.len() + first, prompt.head_dim())
 }
 
@@ -177,12 +191,10 @@ pub fn attend_shared_prompt_from(
     generated: &[&HeadKv],
     outs: &mut [&mut [f32]],
 ) -> u64 {
-    let Some(first) = check_shared(queries, prompt, generated, outs) else {
-        return 0;
-    };
-    let z = logits.take(queries, prompt, generated);
-    with_scratch(|sc| compute_finish(z, prompt, generated, outs, sc));
-    Budget::Dense.elements(prompt.len() + first, prompt.head_dim())
+    run_checked(queries, prompt, generated, outs, |outs| {
+        let z = logits.take(queries, prompt, generated);
+        with_scratch(|sc| compute_finish(z, prompt, generated, outs, sc))
+    })
 }
 
 multiversion! {
