@@ -7,10 +7,13 @@ helper's idle samples are therefore the step's serial time, and what the caller 
 doing at those moments says where it goes. Record at a rate whose sample gap is short
 against the step's phases (50 µs at 20 kHz), skipping the load and prefill:
 
-    SPARQ_MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf perf record -e cpu-clock \\
+    SPARQ_MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf perf record -N -e cpu-clock \\
         -F 20000 -D 3000 -o perf.data target/release/sparq bench model \\
         --prompt-tokens 1600 --new-tokens 96 --branches 8 --repeats 1
     python3 scripts/bench/helper_idle.py perf.data
+
+(`-N`: perf otherwise copies every profiled binary, 750 MB with its debug info, into
+~/.debug; over a few sessions those copies filled this machine's disk.)
 
 It prints the helper's idle share, the caller's share spent waiting for the helper
 (`Team::run`), and the caller's functions at the helper's idle samples (the caller's
