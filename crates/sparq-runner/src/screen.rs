@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use crate::kernels::{self, WeightRows};
+use crate::spread::lock;
 
 /// Screen only when the candidates are at most this share of the rows; beyond it (a
 /// nearly flat distribution, or a head too coarse for its 8 bits) the full product is
@@ -271,11 +272,6 @@ impl ScreenedHead {
     fn widest_half_width(&self, norm: f64) -> f64 {
         self.widest * norm + self.absolute
     }
-}
-
-/// The lock's data, also after a panic elsewhere (a poisoned buffer is still whole).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A chunk of rows' top screened logit per branch.

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use sparq_attention::team::{Chunks, Team};
 
 /// The lock's data, also after a panic elsewhere (the team re-raises that panic).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
