@@ -9,8 +9,10 @@ counts were run.
 
     python3 scripts/bench/alternate.py --rounds 6 before=/tmp/sparq-a after=/tmp/sparq-b
     python3 scripts/bench/alternate.py off=/tmp/sparq:SPARQ_X=0 on=/tmp/sparq:SPARQ_X=1
+    python3 scripts/bench/alternate.py f32=target/release/sparq q4=target/release/sparq+--dtype=q4
 
-A build is `name=binary[:VAR=value,...]` (the variables are set for its runs only).
+A build is `name=binary[:VAR=value,...][+ARG...]`: the variables are set for its runs
+only, and each `+ARG` is passed on to `sparq bench model` after the common flags.
 The model is `$SPARQ_MODEL` (default: the project's default GGUF file).
 """
 
@@ -26,11 +28,14 @@ from pathlib import Path
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-def parse_build(spec: str) -> tuple[str, str, dict[str, str]]:
+Build = tuple[str, str, dict[str, str], list[str]]
+
+def parse_build(spec: str) -> Build:
     name, sep, rest = spec.partition("=")
     if not sep or not name or not rest:
-        raise SystemExit(f"error: build `{spec}` is not name=binary[:VAR=value,...]")
-    binary, _, env_part = rest.partition(":")
+        raise SystemExit(f"error: build `{spec}` is not name=binary[:VAR=value,...][+ARG...]")
+    head, *extra = rest.split("+")
+    binary, _, env_part = head.partition(":")
     env = {}
     for pair in filter(None, env_part.split(",")):
         var, sep, value = pair.partition("=")
@@ -39,13 +44,16 @@ def parse_build(spec: str) -> tuple[str, str, dict[str, str]]:
         env[var] = value
     if not os.access(binary, os.X_OK):
         raise SystemExit(f"error: build `{name}`: `{binary}` is not an executable file")
-    return name, binary, env
+    if any(not a for a in extra):
+        raise SystemExit(f"error: build `{name}` has an empty `+ARG`")
+    return name, binary, env, extra
 
-def decode_tps(binary: str, env: dict[str, str], args: argparse.Namespace, branches: int) -> float:
+def decode_tps(build: Build, args: argparse.Namespace, branches: int) -> float:
+    _, binary, env, extra = build
     cmd = [
         binary, "bench", "model", "--prompt-tokens", str(args.prompt_tokens),
         "--new-tokens", str(args.new_tokens), "--branches", str(branches),
-        "--repeats", str(args.repeats), "--json",
+        "--repeats", str(args.repeats), "--json", *extra,
     ]
     full_env = {**os.environ, "SPARQ_MODEL": args.model, **env}
     done = subprocess.run(cmd, capture_output=True, text=True, env=full_env, check=False)
@@ -58,7 +66,7 @@ def decode_tps(binary: str, env: dict[str, str], args: argparse.Namespace, branc
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("builds", nargs="+", help="name=binary[:VAR=value,...]")
+    p.add_argument("builds", nargs="+", help="name=binary[:VAR=value,...][+ARG...]")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--branches", default="1,8", help="comma-separated branch counts")
     p.add_argument("--prompt-tokens", type=int, default=1600)
@@ -69,19 +77,19 @@ def main() -> None:
     builds = [parse_build(b) for b in args.builds]
     counts = [int(b) for b in args.branches.split(",")]
     results: dict[tuple[str, int], list[float]] = {}
-    header = " | ".join(f"{n} x{b}" for n, _, _ in builds for b in counts)
+    header = " | ".join(f"{build[0]} x{b}" for build in builds for b in counts)
     print(f"| round | {header} |")
     print("|---" * (1 + len(builds) * len(counts)) + "|")
     for r in range(1, args.rounds + 1):
         cells = []
-        for name, binary, env in builds:
+        for build in builds:
             for b in counts:
-                tps = decode_tps(binary, env, args, b)
-                results.setdefault((name, b), []).append(tps)
+                tps = decode_tps(build, args, b)
+                results.setdefault((build[0], b), []).append(tps)
                 cells.append(f"{tps:.1f}")
         print(f"| {r} | {' | '.join(cells)} |", flush=True)
     print()
-    for name, _, _ in builds:
+    for name, *_ in builds:
         medians = {b: statistics.median(results[(name, b)]) for b in counts}
         line = ", ".join(f"{b} branches {m:.1f} tok/s" for b, m in medians.items())
         if 1 in medians and 8 in medians:
