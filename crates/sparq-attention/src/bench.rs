@@ -64,9 +64,9 @@ pub struct BenchRow {
 pub enum BenchError {
     #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("bench attention: `{method}` produced a non-finite output on the synthetic cache")]
+    #[error("bench: `{method}` produced a non-finite output on the synthetic cache")]
     NonFinite { method: String },
-    #[error("bench attention: {field} = {value} is out of range; expected {expected}")]
+    #[error("bench: {field} = {value} is out of range; expected {expected}")]
     Config {
         field: &'static str,
         value: usize,
@@ -459,10 +459,10 @@ pub fn table(rows: &[BenchRow]) -> String {
 }
 
 /// SplitMix64: a small, fast, well-mixed generator for synthetic data.
-struct SplitMix(u64);
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -470,7 +470,7 @@ impl SplitMix {
         z ^ (z >> 31)
     }
     /// Uniform in `[-1, 1)`.
-    fn uniform(&mut self) -> f32 {
+    pub(crate) fn uniform(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }

@@ -6,7 +6,8 @@
 //! it against the model's [`ModelShape`] before any work, then [`MethodSpec::build`] an
 //! [`AttentionMethod`] per example and call [`AttentionMethod::attend`] once per decode
 //! step for every (branch, layer, KV head). [`transfer`] holds the cost formulas and
-//! [`mod@bench`] the `sparq bench attention` measurement; [`team`] runs the short
+//! [`mod@bench`] the `sparq bench attention` measurement ([`phase_bench`] that of the
+//! dense pass's steps); [`team`] runs the short
 //! parallel phases of a decode step (the runner's and the bench's).
 
 pub mod bench;
@@ -19,6 +20,7 @@ mod kernels;
 pub mod lminf;
 pub mod method;
 pub mod oracle;
+pub mod phase_bench;
 mod shared_dense;
 pub mod sparq;
 pub mod spec;
@@ -38,6 +40,7 @@ pub use kernels::{set_simd, simd_enabled};
 pub use lminf::LmInfinite;
 pub use method::{AttentionMethod, HeadState, ModelShape, Trace};
 pub use oracle::Oracle;
+pub use phase_bench::{bench_dense_phases, PhaseConfig, PhaseRow};
 pub use sparq::{sparq_step, Rank, Sparq, SparqStep};
 pub use spec::{registry, MethodConfig, MethodInfo, MethodSpec, Ratio, SparqBudget, SpecError};
 pub use transfer::Budget;

@@ -20,6 +20,36 @@ pub enum BenchCommand {
     /// while, which is not the method's cost), and runs the method once on a spare
     /// head per thread, warming its code and scratch as the previous layer would.
     Attention(BenchAttentionArgs),
+    /// The dense pass's three steps (logits, softmax, weighted values) timed apart on
+    /// one thread, over a synthetic shared prompt.
+    ///
+    /// "cold" passes each read another prompt cache, with a few MiB of other data read
+    /// before them, as a decode step's layers do; "warm" passes read one cache again
+    /// and again. `read keys` and `read values` are the times to only read the same
+    /// cache lines. Medians of `--repeats` passes each; on a shared machine they repeat
+    /// within a few percent where whole decode steps swing by 10-25%.
+    DensePhases(BenchDensePhasesArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchDensePhasesArgs {
+    /// Prompt positions shared by the branches (comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "1600")]
+    seq_len: Vec<usize>,
+    /// Head dimension d.
+    #[arg(long, default_value_t = 64)]
+    head_dim: usize,
+    /// Query heads per KV head in each branch.
+    #[arg(long, default_value_t = 3)]
+    group: usize,
+    /// Branches attending the prompt together (comma-separated for several).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    branches: Vec<usize>,
+    /// Timed passes, cold and warm each (medians are reported).
+    #[arg(long, default_value_t = 201)]
+    repeats: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +112,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Model(args) => bench_model(args),
         BenchCommand::Attention(args) => bench_attention(args),
+        BenchCommand::DensePhases(args) => bench_dense_phases(args),
     }
 }
 
@@ -201,6 +232,38 @@ fn bench_attention(args: BenchAttentionArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Array(list));
     } else {
         print!("{}", sparq_attention::bench::table(&rows));
+    }
+    Ok(())
+}
+
+fn bench_dense_phases(args: BenchDensePhasesArgs) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for &seq_len in &args.seq_len {
+        for &branches in &args.branches {
+            let cfg = sparq_attention::PhaseConfig {
+                seq_len,
+                head_dim: args.head_dim,
+                group: args.group,
+                branches,
+                repeats: args.repeats,
+                seed: 0,
+            };
+            rows.extend(sparq_attention::bench_dense_phases(&cfg)?);
+        }
+    }
+    if args.json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "seq_len": r.seq_len, "head_dim": r.head_dim, "heads": r.heads,
+                    "phase": r.phase, "cold_us": r.cold_us, "warm_us": r.warm_us,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else {
+        print!("{}", sparq_attention::phase_bench::phase_table(&rows));
     }
     Ok(())
 }

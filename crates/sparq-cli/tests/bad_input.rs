@@ -210,6 +210,18 @@ fn bad_method_spec_is_refused_before_loading_the_model() {
     );
 }
 
+#[test]
+fn bench_settings_out_of_range_are_named() {
+    assert_clean_failure(
+        &["bench", "dense-phases", "--branches", "0"],
+        &["branches = 0", "expected 1 to 64"],
+    );
+    assert_clean_failure(
+        &["bench", "attention", "--seq-len", "1", "--method", "dense"],
+        &["seq_len = 1", "at least 2"],
+    );
+}
+
 fn tokenizer_json() -> String {
     static TOK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TOK.get_or_init(|| {
