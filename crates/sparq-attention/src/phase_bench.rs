@@ -5,9 +5,10 @@
 //!
 //! Why it exists: `sparq bench model` swings by 10-25% between runs on a shared
 //! machine, so a change worth a few percent of a step cannot be seen there. One thread
-//! timing one step at a time, hundreds of times, gives medians that repeat within a
-//! few percent, and the cold, warm and read-only columns say how much of a step is
-//! arithmetic, how much is memory, and how much of the two overlap.
+//! timing one pass at a time, hundreds of times, gives medians that move less, and a
+//! busy neighbour shows in the warm column too, which tells such a run apart. The cold,
+//! warm and read-only columns say how much of a pass is arithmetic, how much is
+//! memory, and how little of the two overlap.
 //!
 //! "Cold" follows a decode step: every timed pass reads another layer's prompt cache
 //! (the caches rotate through [`COLD_BYTES`], more than the last-level cache a guest

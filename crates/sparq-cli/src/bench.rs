@@ -26,8 +26,8 @@ pub enum BenchCommand {
     /// "cold" passes each read another prompt cache, with a few MiB of other data read
     /// before them, as a decode step's layers do; "warm" passes read one cache again
     /// and again. `read keys` and `read values` are the times to only read the same
-    /// cache lines. Medians of `--repeats` passes each; on a shared machine they repeat
-    /// within a few percent where whole decode steps swing by 10-25%.
+    /// cache lines. Medians of `--repeats` passes each. A busy neighbour on a shared
+    /// machine slows the warm column too: compare builds in alternated runs.
     DensePhases(BenchDensePhasesArgs),
 }
 
