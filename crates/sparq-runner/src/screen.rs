@@ -161,15 +161,7 @@ impl ScreenedHead {
         if !chunks.iter().all(|c| c.finite) {
             return None;
         }
-        // Each branch's candidates, the branches side by side: scanning tens of
-        // thousands of rows per branch on the calling thread took 2% of a step of
-        // eight branches while the other thread waited.
-        let mut candidates: Vec<(usize, Vec<usize>)> =
-            crate::spread::run_each(norms.iter().copied().enumerate().collect(), |(b, norm)| {
-                (b, self.candidates((screened, m, b), &chunks, norm))
-            });
-        candidates.sort_unstable_by_key(|(b, _)| *b);
-        let candidates: Vec<Vec<usize>> = candidates.into_iter().map(|(_, rows)| rows).collect();
+        let candidates = self.candidates((screened, m), &chunks, &norms);
         let total: usize = candidates.iter().map(Vec::len).sum();
         if total * MAX_CANDIDATE_SHARE > self.rows * m {
             return None;
@@ -221,51 +213,48 @@ impl ScreenedHead {
                 screen_rows(self, x, m, (b0, group), rows.clone(), part);
                 b0 += group;
             }
-            let top = ChunkTop::of(rows, part, m);
+            let top = ChunkTop::of(part, m);
             lock(&chunks).push(top);
         });
         chunks.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The rows that can hold branch `b`'s argmax, ascending, from the screened logits
-    /// (`rows x m`) and their chunks' tops: the rows near the top screened logit (a
-    /// cheap superset, found in the chunks that reach it), the best lower bound among
-    /// them (which is the best of all rows), then the rows whose upper bound reaches
-    /// it. A row that can be the argmax screens within twice the widest half-width of
-    /// the top: its upper bound reaches the best lower bound, which is at least the
-    /// top row's, `top - widest`.
+    /// The rows that can hold each branch's argmax, ascending, from the screened logits
+    /// (`rows x m`) and their chunks' tops: among the rows near the branch's top
+    /// screened logit, the best lower bound (which is the best of all rows), then the
+    /// rows whose upper bound reaches it. A row that can be the argmax screens within
+    /// twice the widest half-width of the top: its upper bound reaches the best lower
+    /// bound, which is at least the top row's, `top - widest`.
     fn candidates(
         &self,
-        (screened, m, b): (&[f32], usize, usize),
+        (screened, m): (&[f32], usize),
         chunks: &[ChunkTop],
-        norm: f64,
-    ) -> Vec<usize> {
-        let top = chunks
-            .iter()
-            .map(|c| c.top[b])
-            .fold(f32::NEG_INFINITY, f32::max) as f64;
-        let floor = top - 2.0 * self.widest_half_width(norm);
-        let logit = |o: usize| screened[o * m + b] as f64;
-        let near = || {
-            chunks
-                .iter()
-                .filter(|c| c.top[b] as f64 >= floor)
-                .flat_map(|c| c.rows.clone())
-                .filter(|&o| logit(o) >= floor)
-        };
-        let best_low = near()
-            .map(|o| logit(o) - self.half_width(o, norm))
-            .fold(f64::NEG_INFINITY, f64::max);
-        let mut rows: Vec<usize> = near()
-            .filter(|&o| logit(o) + self.half_width(o, norm) >= best_low)
-            .collect();
-        rows.sort_unstable();
-        rows
-    }
-
-    /// Half the width of row `o`'s interval for an input of norm `norm`.
-    fn half_width(&self, o: usize, norm: f64) -> f64 {
-        self.radius[o] * norm + self.absolute
+        norms: &[f64],
+    ) -> Vec<Vec<usize>> {
+        let mut out = Vec::with_capacity(m);
+        let mut b0 = 0;
+        while b0 < m {
+            let group = (m - b0).min(GROUP);
+            let lane = |j: usize| {
+                let b = b0 + j;
+                let top = chunks
+                    .iter()
+                    .map(|c| c.top[b])
+                    .fold(f32::NEG_INFINITY, f32::max) as f64;
+                (top - 2.0 * self.widest_half_width(norms[b]), norms[b])
+            };
+            macro_rules! scan {
+                ($($g:literal),*) => {
+                    match group {
+                        $($g => out.extend(scan_rows::<$g>(self, (screened, m, b0), std::array::from_fn(lane))),)*
+                        _ => unreachable!("a group has 1 to {GROUP} branches"),
+                    }
+                };
+            }
+            scan!(1, 2, 3, 4, 5, 6, 7, 8);
+            b0 += group;
+        }
+        out
     }
 
     /// The largest half-width of any row for an input of norm `norm`.
@@ -276,14 +265,13 @@ impl ScreenedHead {
 
 /// A chunk of rows' top screened logit per branch.
 struct ChunkTop {
-    rows: std::ops::Range<usize>,
     top: Vec<f32>,
     /// Every screened logit in the chunk is finite.
     finite: bool,
 }
 
 impl ChunkTop {
-    fn of(rows: std::ops::Range<usize>, part: &[f32], m: usize) -> Self {
+    fn of(part: &[f32], m: usize) -> Self {
         let mut top = vec![f32::NEG_INFINITY; m];
         let mut finite = true;
         for logits in part.chunks_exact(m) {
@@ -292,8 +280,121 @@ impl ChunkTop {
                 *t = t.max(c);
             }
         }
-        Self { rows, top, finite }
+        Self { top, finite }
     }
+}
+
+/// Branches whose candidates [`scan_rows`] finds in one pass over the rows: eight f64
+/// lanes, one AVX-512 register.
+const GROUP: usize = 8;
+
+/// The candidates of the `G` branches from `b0` (`lanes[j]`: branch `b0 + j`'s floor
+/// and input norm), ascending, from the screened logits (`rows x m`): the best lower
+/// bound of the rows at or above each branch's floor, and those rows whose upper
+/// bound reaches it. The branches side by side, so that one pass reads the logits
+/// once for all of them and vectorises; each lane's f64 arithmetic is that branch's
+/// own, unfused, so the rows are those each branch finds alone (a test compares).
+///
+/// The rows at or above the floor are most of them (23,000 to 44,000 of 49,152 in
+/// steps of the default model). Each branch scanning them on its own, twice, took
+/// 1.8 to 2.3 ms of a step of eight branches (of about 27 ms) and 0.32 to 0.50 ms of
+/// a step of one; this takes 0.42 to 0.43 and 0.30 to 0.32 (medians over a decode's
+/// steps, builds alternated; `docs/BENCHMARKS.md`).
+fn scan_rows<const G: usize>(
+    head: &ScreenedHead,
+    logits: (&[f32], usize, usize),
+    lanes: [(f64, f64); G],
+) -> [Vec<usize>; G] {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (just detected).
+        return unsafe { scan_rows_avx512(head, logits, lanes) };
+    }
+    scan_rows_body(head, logits, lanes)
+}
+
+/// [`scan_rows`] compiled with AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scan_rows_avx512<const G: usize>(
+    head: &ScreenedHead,
+    logits: (&[f32], usize, usize),
+    lanes: [(f64, f64); G],
+) -> [Vec<usize>; G] {
+    scan_rows_body(head, logits, lanes)
+}
+
+#[inline(always)]
+fn scan_rows_body<const G: usize>(
+    head: &ScreenedHead,
+    (screened, m, b0): (&[f32], usize, usize),
+    lanes: [(f64, f64); G],
+) -> [Vec<usize>; G] {
+    let floor: [f64; G] = lanes.map(|(f, _)| f);
+    let norm: [f64; G] = lanes.map(|(_, n)| n);
+    let row = |o: usize| -> &[f32; G] {
+        screened[o * m + b0..o * m + b0 + G]
+            .try_into()
+            .expect("G logits")
+    };
+    let bounds = |o: usize, j: usize| {
+        let v = row(o)[j] as f64;
+        let half_width = head.radius[o] * norm[j] + head.absolute;
+        (v >= floor[j], v - half_width, v + half_width)
+    };
+    // One pass: the best lower bound so far only grows, so a row whose upper bound
+    // falls short of it now never reaches the final one. The rows left are few and
+    // are tested against the final bound after the pass. Rows go in blocks of four,
+    // their lower bounds first, so that the running maximum is one chain per block.
+    let mut best_low = [f64::NEG_INFINITY; G];
+    let mut maybe: Vec<(usize, u32)> = Vec::new();
+    let mut o0 = 0;
+    while o0 < head.rows {
+        let block = o0..(o0 + 4).min(head.rows);
+        let mut low = [f64::NEG_INFINITY; G];
+        for o in block.clone() {
+            for (j, low) in low.iter_mut().enumerate() {
+                let (near, l, _) = bounds(o, j);
+                let l = if near { l } else { f64::NEG_INFINITY };
+                *low = if l > *low { l } else { *low };
+            }
+        }
+        for (best, &l) in best_low.iter_mut().zip(&low) {
+            *best = if l > *best { l } else { *best };
+        }
+        for o in block {
+            // Whether any branch keeps the row first (one vector comparison), and
+            // which ones only for the few that do.
+            let mut any = false;
+            for (j, &best) in best_low.iter().enumerate() {
+                let (near, _, high) = bounds(o, j);
+                any |= near & (high >= best);
+            }
+            if any {
+                let mut hits = 0u32;
+                for (j, &best) in best_low.iter().enumerate() {
+                    let (near, _, high) = bounds(o, j);
+                    hits |= u32::from(near && high >= best) << j;
+                }
+                maybe.push((o, hits));
+            }
+        }
+        o0 += 4;
+    }
+    let mut rows: [Vec<usize>; G] = std::array::from_fn(|_| Vec::new());
+    for (o, mut hits) in maybe {
+        while hits != 0 {
+            let j = hits.trailing_zeros() as usize;
+            if bounds(o, j).2 >= best_low[j] {
+                rows[j].push(o);
+            }
+            hits &= hits - 1;
+        }
+    }
+    rows
 }
 
 /// The Euclidean norm of each `k`-long row of `x`, rounded up past f64's own
@@ -481,7 +582,41 @@ mod tests {
             })
     }
 
+    /// Branch `b`'s candidates by their definition alone: every row scanned, in f64.
+    fn candidates_of_one(
+        head: &ScreenedHead,
+        screened: &[f32],
+        m: usize,
+        b: usize,
+        norm: f64,
+    ) -> Vec<usize> {
+        let logit = |o: usize| screened[o * m + b] as f64;
+        let half_width = |o: usize| head.radius[o] * norm + head.absolute;
+        let top = (0..head.rows).map(logit).fold(f64::NEG_INFINITY, f64::max);
+        let floor = top - 2.0 * (head.widest * norm + head.absolute);
+        let near: Vec<usize> = (0..head.rows).filter(|&o| logit(o) >= floor).collect();
+        let best_low = near
+            .iter()
+            .map(|&o| logit(o) - half_width(o))
+            .fold(f64::NEG_INFINITY, f64::max);
+        near.into_iter()
+            .filter(|&o| logit(o) + half_width(o) >= best_low)
+            .collect()
+    }
+
     proptest! {
+        #[test]
+        fn candidates_found_together_are_each_branchs_own((m, rows, k, w, x) in head_and_inputs()) {
+            let head = ScreenedHead::new(WeightRows::F32(&w), rows, k).unwrap();
+            let mut screened = Vec::new();
+            let chunks = head.screened_logits(&x, m, &mut screened);
+            let norms = norms(&x, k);
+            let got = head.candidates((&screened, m), &chunks, &norms);
+            for (b, rows_b) in got.iter().enumerate() {
+                prop_assert_eq!(rows_b, &candidates_of_one(&head, &screened, m, b, norms[b]));
+            }
+        }
+
         #[test]
         fn the_bound_holds_and_the_token_is_the_full_products((m, rows, k, w, x) in head_and_inputs()) {
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
