@@ -217,23 +217,31 @@ fn bench_attention(args: BenchAttentionArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if args.json {
-        let list: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "method": r.method, "seq_len": r.seq_len, "head_dim": r.head_dim,
-                    "kv_heads": r.kv_heads, "group": r.group, "time_us": r.time_us,
-                    "speedup": r.speedup, "predicted_speedup": r.predicted_speedup,
-                    "bytes_per_s": r.bytes_per_s,
-                })
-            })
-            .collect();
+    let to_json = |r: &sparq_attention::BenchRow| {
+        json!({
+            "method": r.method, "seq_len": r.seq_len, "head_dim": r.head_dim,
+            "kv_heads": r.kv_heads, "group": r.group, "time_us": r.time_us,
+            "speedup": r.speedup, "predicted_speedup": r.predicted_speedup,
+            "bytes_per_s": r.bytes_per_s,
+        })
+    };
+    print_rows(&rows, args.json, to_json, sparq_attention::bench::table);
+    Ok(())
+}
+
+/// A bench's rows as a JSON array (`--json`) or as its plain-text table.
+fn print_rows<R>(
+    rows: &[R],
+    json: bool,
+    to_json: impl Fn(&R) -> serde_json::Value,
+    table: impl Fn(&[R]) -> String,
+) {
+    if json {
+        let list: Vec<serde_json::Value> = rows.iter().map(to_json).collect();
         println!("{}", serde_json::Value::Array(list));
     } else {
-        print!("{}", sparq_attention::bench::table(&rows));
+        print!("{}", table(rows));
     }
-    Ok(())
 }
 
 fn bench_dense_phases(args: BenchDensePhasesArgs) -> anyhow::Result<()> {
@@ -251,19 +259,17 @@ fn bench_dense_phases(args: BenchDensePhasesArgs) -> anyhow::Result<()> {
             rows.extend(sparq_attention::bench_dense_phases(&cfg)?);
         }
     }
-    if args.json {
-        let list: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "seq_len": r.seq_len, "head_dim": r.head_dim, "heads": r.heads,
-                    "phase": r.phase, "cold_us": r.cold_us, "warm_us": r.warm_us,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(list));
-    } else {
-        print!("{}", sparq_attention::phase_bench::phase_table(&rows));
-    }
+    let to_json = |r: &sparq_attention::PhaseRow| {
+        json!({
+            "seq_len": r.seq_len, "head_dim": r.head_dim, "heads": r.heads,
+            "phase": r.phase, "cold_us": r.cold_us, "warm_us": r.warm_us,
+        })
+    };
+    print_rows(
+        &rows,
+        args.json,
+        to_json,
+        sparq_attention::phase_bench::phase_table,
+    );
     Ok(())
 }
