@@ -7,8 +7,8 @@
 //! [`AttentionMethod`] per example and call [`AttentionMethod::attend`] once per decode
 //! step for every (branch, layer, KV head). [`transfer`] holds the cost formulas and
 //! [`mod@bench`] the `sparq bench attention` measurement ([`phase_bench`] that of the
-//! dense pass's steps); [`team`] runs the short
-//! parallel phases of a decode step (the runner's and the bench's).
+//! dense pass's steps); [`team`] runs the short parallel phases of a decode step (the
+//! runner's and the bench's).
 
 pub mod bench;
 pub mod cache;
