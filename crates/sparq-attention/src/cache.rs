@@ -1,6 +1,30 @@
 //! The KV cache of one KV head, stored for fast decode-step reads: keys as rows (for
 //! exact attention over a selection) *and* transposed (so SparQ's step 2 reads `r`
 //! contiguous rows of length `S`), values as rows.
+//!
+//! A cache whose keys and values are all exact 16-bit floats (a run that rounds them
+//! so, as `--dtype q4` does) can also keep its transposed keys and its values at 16
+//! bits ([`HeadKv::keep_half_copy`]): the dense passes read those, half the bytes,
+//! and widening them back gives the same floats, so the same results bit for bit.
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+/// Rounds every element to the nearest f16 (ties to even), as a 16-bit KV cache stores
+/// it, kept as f32. Fails with the first element beyond f16's range (about 65,504 in
+/// magnitude; the slice is then partly rounded), or that is not finite.
+pub fn round_to_half(xs: &mut [f32]) -> Result<(), f32> {
+    let mut half = [f16::ZERO; 256];
+    for chunk in xs.chunks_mut(half.len()) {
+        let half = &mut half[..chunk.len()];
+        half.convert_from_f32_slice(chunk);
+        if let Some((&x, _)) = chunk.iter().zip(&*half).find(|(_, h)| !h.is_finite()) {
+            return Err(x);
+        }
+        half.convert_to_f32_slice(chunk);
+    }
+    Ok(())
+}
 
 /// The cached keys and values of one KV head in one layer, with room for `capacity`
 /// positions. Keys are kept twice (rows and transposed), as SPEC section 2 describes.
@@ -19,6 +43,40 @@ pub struct HeadKv {
     /// mean value costs `d` reads per step (SPEC section 4's `4*d`) rather than a pass
     /// over all of `V`, without drifting over long caches.
     value_sum: Vec<f64>,
+    /// The transposed keys and the values of the `len` positions at 16 bits, when kept.
+    half: Option<HalfKv>,
+}
+
+/// A cache's transposed keys (`head_dim x len`) and values (`len x head_dim`) as f16,
+/// each exactly the f32 it copies.
+#[derive(Clone, Debug)]
+pub struct HalfKv {
+    len: usize,
+    keys_t: LineAligned<f16>,
+    values: LineAligned<f16>,
+}
+
+impl HalfKv {
+    /// Component `i` of the keys of all positions.
+    #[inline]
+    pub fn key_column(&self, i: usize) -> &[f16] {
+        &self.keys_t[i * self.len..(i + 1) * self.len]
+    }
+    /// The start of the transposed keys; column `i` starts `i * column_stride()` on.
+    #[inline]
+    pub(crate) fn key_columns_ptr(&self) -> *const f16 {
+        self.keys_t.as_ptr()
+    }
+    /// Elements from one key column to the next.
+    #[inline]
+    pub(crate) fn column_stride(&self) -> usize {
+        self.len
+    }
+    /// All values, row-major.
+    #[inline]
+    pub fn values(&self) -> &[f16] {
+        &self.values
+    }
 }
 
 impl HeadKv {
@@ -31,6 +89,7 @@ impl HeadKv {
             keys_t: LineAligned::zeroed(capacity * head_dim),
             values: LineAligned::zeroed(capacity * head_dim),
             value_sum: vec![0.0; head_dim],
+            half: None,
         }
     }
 
@@ -70,7 +129,44 @@ impl HeadKv {
             keys_t,
             values: LineAligned::copied(values),
             value_sum,
+            half: None,
         }
+    }
+
+    /// Keeps a 16-bit copy of the transposed keys and the values, which the dense
+    /// passes then read instead, if every key and value is exactly an f16 (finite);
+    /// returns whether it did. A later `push` or `clear` drops the copy.
+    #[must_use]
+    pub fn keep_half_copy(&mut self) -> bool {
+        let n = self.len * self.head_dim;
+        let mut keys_t = LineAligned::<f16>::zeroed(n);
+        for i in 0..self.head_dim {
+            keys_t[i * self.len..(i + 1) * self.len].convert_from_f32_slice(self.key_column(i));
+        }
+        let mut values = LineAligned::<f16>::zeroed(n);
+        values.convert_from_f32_slice(self.values());
+        let half = HalfKv {
+            len: self.len,
+            keys_t,
+            values,
+        };
+        let exact = |copy: &[f16], original: &[f32]| {
+            copy.iter()
+                .zip(original)
+                .all(|(h, x)| h.is_finite() && h.to_f32().to_bits() == x.to_bits())
+        };
+        let keys_exact = (0..self.head_dim).all(|i| exact(half.key_column(i), self.key_column(i)));
+        if !(keys_exact && exact(half.values(), self.values())) {
+            return false;
+        }
+        self.half = Some(half);
+        true
+    }
+
+    /// The 16-bit copy, when one is kept.
+    #[inline]
+    pub fn half(&self) -> Option<&HalfKv> {
+        self.half.as_ref()
     }
 
     /// Appends one position. Panics when full: capacity is fixed by the caller,
@@ -83,6 +179,7 @@ impl HeadKv {
         );
         assert_eq!(key.len(), self.head_dim);
         assert_eq!(value.len(), self.head_dim);
+        self.half = None;
         let p = self.len;
         let d = self.head_dim;
         self.keys[p * d..(p + 1) * d].copy_from_slice(key);
@@ -100,6 +197,7 @@ impl HeadKv {
     pub fn clear(&mut self) {
         self.len = 0;
         self.value_sum.fill(0.0);
+        self.half = None;
     }
 
     #[inline]
@@ -164,8 +262,8 @@ impl HeadKv {
 /// cache being far larger than what the TLB covers with 4 KiB pages. (A `Vec` advised
 /// only on the 2 MiB pages inside it left a quarter to a half of the cache on small
 /// pages at S = 65,536 and 16,384, d = 64.)
-pub struct LineAligned {
-    ptr: std::ptr::NonNull<f32>,
+pub struct LineAligned<T: Plain = f32> {
+    ptr: std::ptr::NonNull<T>,
     len: usize,
     layout: std::alloc::Layout,
 }
@@ -175,28 +273,38 @@ const HUGE_PAGE: usize = 2 << 20;
 /// A cache line.
 const LINE_BYTES: usize = 64;
 
-impl LineAligned {
+/// What a [`LineAligned`] holds: numbers that are plain bits.
+///
+/// # Safety
+/// All-zero bits must be the value zero.
+pub unsafe trait Plain: Copy + Send + Sync + 'static {}
+// SAFETY: zero bits are 0.0 in both.
+unsafe impl Plain for f32 {}
+// SAFETY: as above.
+unsafe impl Plain for f16 {}
+
+impl<T: Plain> LineAligned<T> {
     /// `len` zeros.
     pub fn zeroed(len: usize) -> Self {
         let buf = Self::uninit(len);
-        // SAFETY: `ptr` is valid for `len` floats, and zero bits are 0.0f32.
+        // SAFETY: `ptr` is valid for `len` elements, and zero bits are zero (`Plain`).
         unsafe { std::ptr::write_bytes(buf.ptr.as_ptr(), 0, len) };
         buf
     }
 
     /// A copy of `src`, written once (not zeroed first).
-    pub fn copied(src: &[f32]) -> Self {
+    pub fn copied(src: &[T]) -> Self {
         let buf = Self::uninit(src.len());
-        // SAFETY: `ptr` is valid for `src.len()` floats and a fresh allocation, so it
+        // SAFETY: `ptr` is valid for `src.len()` elements and a fresh allocation, so it
         // cannot overlap `src`.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf.ptr.as_ptr(), src.len()) };
         buf
     }
 
-    /// Room for `len` floats, not yet written: the constructors above fill it before
+    /// Room for `len` elements, not yet written: the constructors above fill it before
     /// anything can read it.
     fn uninit(len: usize) -> Self {
-        let bytes = len * std::mem::size_of::<f32>();
+        let bytes = len * std::mem::size_of::<T>();
         if bytes == 0 {
             return Self {
                 ptr: std::ptr::NonNull::dangling(),
@@ -213,7 +321,7 @@ impl LineAligned {
             .expect("a KV cache buffer smaller than isize::MAX bytes");
         // SAFETY: `layout` has a non-zero size.
         let raw = unsafe { std::alloc::alloc(layout) };
-        let Some(ptr) = std::ptr::NonNull::new(raw.cast::<f32>()) else {
+        let Some(ptr) = std::ptr::NonNull::new(raw.cast::<T>()) else {
             std::alloc::handle_alloc_error(layout)
         };
         // Advise before the first write, which is what faults the pages in: memory
@@ -225,12 +333,12 @@ impl LineAligned {
     }
 }
 
-// SAFETY: a `LineAligned` owns its buffer alone, like a `Vec<f32>`.
-unsafe impl Send for LineAligned {}
-// SAFETY: shared access only reads, through `&[f32]`.
-unsafe impl Sync for LineAligned {}
+// SAFETY: a `LineAligned` owns its buffer alone, like a `Vec<T>`.
+unsafe impl<T: Plain> Send for LineAligned<T> {}
+// SAFETY: shared access only reads, through `&[T]`.
+unsafe impl<T: Plain> Sync for LineAligned<T> {}
 
-impl Drop for LineAligned {
+impl<T: Plain> Drop for LineAligned<T> {
     fn drop(&mut self) {
         if self.layout.size() > 0 {
             // SAFETY: allocated in `zeroed` with this very layout.
@@ -239,32 +347,32 @@ impl Drop for LineAligned {
     }
 }
 
-impl std::ops::Deref for LineAligned {
-    type Target = [f32];
+impl<T: Plain> std::ops::Deref for LineAligned<T> {
+    type Target = [T];
     #[inline]
-    fn deref(&self) -> &[f32] {
-        // SAFETY: `ptr` holds `len` initialised floats (or is dangling with `len` 0).
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` holds `len` initialised elements (or is dangling with `len` 0).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl std::ops::DerefMut for LineAligned {
+impl<T: Plain> std::ops::DerefMut for LineAligned<T> {
     #[inline]
-    fn deref_mut(&mut self) -> &mut [f32] {
+    fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as in `deref`, and `&mut self` makes the access unique.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl Clone for LineAligned {
+impl<T: Plain> Clone for LineAligned<T> {
     fn clone(&self) -> Self {
         Self::copied(self)
     }
 }
 
-impl std::fmt::Debug for LineAligned {
+impl<T: Plain> std::fmt::Debug for LineAligned<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LineAligned({} floats)", self.len)
+        write!(f, "LineAligned({} elements)", self.len)
     }
 }
 
@@ -428,5 +536,64 @@ mod tests {
         assert!(copy.is_empty());
         assert_eq!(copy.keys(), &[] as &[f32]);
         assert_eq!(copy.key_column(3), &[] as &[f32]);
+    }
+
+    #[test]
+    fn rounding_to_half_matches_a_conversion_and_refuses_what_f16_cannot_hold() {
+        let mut xs: Vec<f32> = (0..600)
+            .map(|i| (i as f32 * 0.731).sin() * 3000.0)
+            .collect();
+        let want: Vec<f32> = xs.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        round_to_half(&mut xs).unwrap();
+        assert_eq!(xs, want);
+        // Exact halves stay as they are; 1 + 2^-11 is a tie and goes to even (1.0).
+        let mut ys = vec![1.0, -0.5, 65504.0, 1.0 + 2f32.powi(-11)];
+        round_to_half(&mut ys).unwrap();
+        assert_eq!(ys, [1.0, -0.5, 65504.0, 1.0]);
+        for bad in [70000.0, -1e6, f32::INFINITY, f32::NAN] {
+            let mut zs = vec![0.25; 300];
+            zs[290] = bad;
+            let err = round_to_half(&mut zs).unwrap_err();
+            assert_eq!(err.to_bits(), bad.to_bits());
+        }
+    }
+
+    #[test]
+    fn the_half_copy_holds_the_floats_and_only_exact_halves() {
+        let (d, len) = (5, 37);
+        let keys: Vec<f32> = (0..len * d)
+            .map(|i| f16::from_f32(i as f32 * 0.37).to_f32())
+            .collect();
+        let values: Vec<f32> = (0..len * d)
+            .map(|i| f16::from_f32(-(i as f32) * 0.11).to_f32())
+            .collect();
+        let mut kv = HeadKv::from_rows(d, &keys, &values);
+        assert!(kv.half().is_none());
+        assert!(kv.keep_half_copy());
+        let half = kv.half().unwrap();
+        for i in 0..d {
+            let widened: Vec<f32> = half.key_column(i).iter().map(|h| h.to_f32()).collect();
+            assert_eq!(widened, kv.key_column(i));
+        }
+        let widened: Vec<f32> = half.values().iter().map(|h| h.to_f32()).collect();
+        assert_eq!(widened, kv.values());
+        // One key or one value that is not an f16 and no copy is kept.
+        for (k, v) in [(1.0 + 2f32.powi(-12), 0.0), (0.0, 1e-9), (0.0, 1e5)] {
+            let (mut keys, mut values) = (keys.clone(), values.clone());
+            keys[3 * d + 2] = k;
+            values[len * d - 1] = v;
+            let mut kv = HeadKv::from_rows(d, &keys, &values);
+            assert!(!kv.keep_half_copy(), "key {k}, value {v}");
+            assert!(kv.half().is_none());
+        }
+        // A push or a clear drops the copy, which would no longer cover the cache.
+        let mut kv = HeadKv::with_capacity(d, 2);
+        kv.push(&[1.0; 5], &[2.0; 5]);
+        assert!(kv.keep_half_copy());
+        kv.push(&[1.0; 5], &[2.0; 5]);
+        assert!(kv.half().is_none());
+        assert!(kv.keep_half_copy());
+        kv.clear();
+        assert!(kv.half().is_none());
     }
 }

@@ -419,17 +419,18 @@ const TO_L2: i32 = 2;
 
 /// Asks for every cache line of `row` to be loaded into L1; only a hint.
 #[inline(always)]
-pub(crate) fn prefetch(row: &[f32]) {
-    prefetch_into::<TO_L1>(row);
+pub(crate) fn prefetch<T>(row: &[T]) {
+    prefetch_into::<TO_L1, T>(row);
 }
 
 /// Asks for every cache line of `row` to be loaded, into the level `HINT` names.
 #[inline(always)]
-fn prefetch_into<const HINT: i32>(row: &[f32]) {
+fn prefetch_into<const HINT: i32, T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::_mm_prefetch;
-        // Every 16th float and the last: a row need not start on a cache line.
+        // An element every cache line, and the last: a row need not start on a line.
+        let per_line = (64 / std::mem::size_of::<T>().max(1)).max(1);
         let n = row.len();
         let mut i = 0;
         while i < n {
@@ -438,7 +439,7 @@ fn prefetch_into<const HINT: i32>(row: &[f32]) {
             unsafe {
                 _mm_prefetch::<HINT>(row.as_ptr().add(i).cast());
             }
-            i += 16;
+            i += per_line;
         }
         if n > 0 {
             // SAFETY: as above, `n - 1` is the last element.
@@ -458,8 +459,8 @@ fn prefetch_into<const HINT: i32>(row: &[f32]) {
 #[inline(always)]
 pub(crate) fn prefetch_ahead(kv: &KvView<'_>, sel: &[u32], j: usize) {
     if let Some(&p) = sel.get(j + FAR_AHEAD) {
-        prefetch_into::<TO_L2>(kv.key(p as usize));
-        prefetch_into::<TO_L2>(kv.value(p as usize));
+        prefetch_into::<TO_L2, f32>(kv.key(p as usize));
+        prefetch_into::<TO_L2, f32>(kv.value(p as usize));
     }
     if let Some(&p) = sel.get(j + AHEAD) {
         prefetch(kv.key(p as usize));

@@ -17,6 +17,7 @@ mod exact_topk;
 pub mod flexgen;
 pub mod h2o;
 mod kernels;
+mod lanes;
 pub mod lminf;
 pub mod method;
 pub mod oracle;
@@ -31,7 +32,7 @@ mod topk;
 pub mod transfer;
 
 pub use bench::{bench_attention, BenchConfig, BenchError, BenchRow};
-pub use cache::{HeadKv, KvView, LineAligned};
+pub use cache::{round_to_half, HalfKv, HeadKv, KvView, LineAligned};
 pub use dense::Dense;
 pub use flexgen::FlexGen;
 pub use h2o::H2o;

@@ -16,6 +16,9 @@
 //! their weights through the caches between two attention passes). "Warm" runs the
 //! same cache again and again (at the default model's shape, 820 KB of keys and
 //! values, all in L2).
+//!
+//! With `half_kv` the prompt caches hold halves and keep their 16-bit copy, which the
+//! pass and the read-only rows then read (`--dtype q4`'s prompt cache).
 
 use std::time::Instant;
 
@@ -48,6 +51,8 @@ pub struct PhaseConfig {
     /// Timed passes per column; medians are reported.
     pub repeats: usize,
     pub seed: u64,
+    /// The prompt caches keep a 16-bit copy ([`HeadKv::keep_half_copy`]).
+    pub half_kv: bool,
 }
 
 /// One row of the table: a step's median time over the passes, microseconds.
@@ -57,6 +62,8 @@ pub struct PhaseRow {
     pub head_dim: usize,
     /// Query heads in all (branches times the group).
     pub heads: usize,
+    /// `f32`, or `f16` for caches read through their 16-bit copy.
+    pub kv: &'static str,
     /// `logits`, `softmax`, `values`, `pass` (the three together), `read keys` or
     /// `read values`.
     pub phase: &'static str,
@@ -88,7 +95,18 @@ impl Setup {
         let mut rng = crate::bench::SplitMix(cfg.seed);
         let mut floats = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform()).collect() };
         let prompts = (0..caches)
-            .map(|_| HeadKv::from_rows(d, &floats(s * d), &floats(s * d)))
+            .map(|_| {
+                let (mut keys, mut values) = (floats(s * d), floats(s * d));
+                if !cfg.half_kv {
+                    return HeadKv::from_rows(d, &keys, &values);
+                }
+                for xs in [&mut keys, &mut values] {
+                    crate::cache::round_to_half(xs).expect("uniform floats are within f16");
+                }
+                let mut kv = HeadKv::from_rows(d, &keys, &values);
+                assert!(kv.keep_half_copy(), "rounded floats are halves");
+                kv
+            })
             .collect();
         let generated = (0..cfg.branches)
             .map(|_| {
@@ -159,27 +177,38 @@ multiversion! {
 
 /// Seconds to read every cache line of `kv`'s transposed keys in the order the logits
 /// take them (tiles of 64 positions, a tile's lines of every component in turn), and
-/// of its values in order.
+/// of its values in order: of its 16-bit copy when it keeps one.
 fn read_times(kv: &HeadKv) -> [f64; 2] {
+    match kv.half() {
+        Some(half) => read_lines(kv.head_dim(), |c| half.key_column(c), half.values()),
+        None => read_lines(kv.head_dim(), |c| kv.key_column(c), kv.values()),
+    }
+}
+
+/// [`read_times`] of `d` key columns and the values, elements of type `T`: one load
+/// per cache line, nothing computed from it.
+fn read_lines<'a, T: Copy + 'a>(
+    d: usize,
+    column: impl Fn(usize) -> &'a [T],
+    values: &[T],
+) -> [f64; 2] {
     const TILE: usize = 64;
-    const LINE: usize = 16;
-    let (d, n) = (kv.head_dim(), kv.len());
+    let line = 64 / std::mem::size_of::<T>();
+    let n = column(0).len();
     let t0 = Instant::now();
-    let mut sum = 0.0f32;
     for p0 in (0..n).step_by(TILE) {
         for c in 0..d {
-            let column = kv.key_column(c);
-            for p in (p0..(p0 + TILE).min(n)).step_by(LINE) {
-                sum += column[p];
+            let column = column(c);
+            for p in (p0..(p0 + TILE).min(n)).step_by(line) {
+                std::hint::black_box(column[p]);
             }
         }
     }
     let t1 = Instant::now();
-    for x in kv.values().iter().step_by(LINE) {
-        sum += x;
+    for x in values.iter().step_by(line) {
+        std::hint::black_box(*x);
     }
     let t2 = Instant::now();
-    std::hint::black_box(sum);
     [t1 - t0, t2 - t1].map(|t| t.as_secs_f64())
 }
 
@@ -237,8 +266,10 @@ fn run(
     cold_bytes: usize,
     other_bytes: usize,
 ) -> Result<Vec<PhaseRow>, BenchError> {
-    // Each prompt cache holds its keys twice and its values: three copies of s x d.
-    let cache_bytes = 3 * 4 * cfg.seq_len * cfg.head_dim;
+    // Each prompt cache holds its keys twice and its values: three copies of s x d,
+    // and two more of halves with `half_kv`.
+    let per_element = if cfg.half_kv { 3 * 4 + 2 * 2 } else { 3 * 4 };
+    let cache_bytes = per_element * cfg.seq_len * cfg.head_dim;
     let caches = cold_bytes.div_ceil(cache_bytes).max(2);
     let mut setup = Setup::new(cfg, caches);
     let other: Vec<u8> = (0..other_bytes).map(|i| i as u8).collect();
@@ -276,6 +307,7 @@ fn run(
             seq_len: cfg.seq_len,
             head_dim: cfg.head_dim,
             heads,
+            kv: if cfg.half_kv { "f16" } else { "f32" },
             phase,
             cold_us: median(c) * 1e6,
             warm_us: median(w) * 1e6,
@@ -298,13 +330,13 @@ fn record(times: &mut [Vec<f64>], steps: [f64; 3], reads: [f64; 2]) {
 /// The rows as an aligned plain-text table.
 pub fn phase_table(rows: &[PhaseRow]) -> String {
     let mut out = format!(
-        "{:>8} {:>5} {:>6} {:<12} {:>10} {:>10}\n",
-        "seq_len", "d", "heads", "phase", "cold_us", "warm_us"
+        "{:>8} {:>5} {:>6} {:>4} {:<12} {:>10} {:>10}\n",
+        "seq_len", "d", "heads", "kv", "phase", "cold_us", "warm_us"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:>8} {:>5} {:>6} {:<12} {:>10.1} {:>10.1}\n",
-            r.seq_len, r.head_dim, r.heads, r.phase, r.cold_us, r.warm_us
+            "{:>8} {:>5} {:>6} {:>4} {:<12} {:>10.1} {:>10.1}\n",
+            r.seq_len, r.head_dim, r.heads, r.kv, r.phase, r.cold_us, r.warm_us
         ));
     }
     out
@@ -322,6 +354,7 @@ mod tests {
             branches: 2,
             repeats: 3,
             seed: 7,
+            half_kv: false,
         }
     }
 
@@ -329,9 +362,9 @@ mod tests {
     /// `attend_shared_prompt`, bit for bit, in every build.
     #[test]
     fn timed_steps_compute_the_dense_pass() {
-        for simd in [true, false] {
+        for (simd, half_kv) in [(true, false), (false, false), (true, true)] {
             crate::kernels::set_simd(simd);
-            let cfg = small();
+            let cfg = PhaseConfig { half_kv, ..small() };
             let mut setup = Setup::new(&cfg, 2);
             setup.pass(1, &mut Scratch::default(), &mut Vec::new());
             let queries: Vec<&[f32]> = setup.queries.iter().map(|q| &q[..]).collect();
@@ -339,7 +372,8 @@ mod tests {
             let mut want = vec![vec![0.0f32; cfg.group * cfg.head_dim]; cfg.branches];
             let mut outs: Vec<&mut [f32]> = want.iter_mut().map(|o| &mut o[..]).collect();
             crate::dense::attend_shared_prompt(&queries, &setup.prompts[1], &generated, &mut outs);
-            assert_eq!(setup.outs, want, "simd {simd}");
+            assert_eq!(setup.prompts[1].half().is_some(), half_kv);
+            assert_eq!(setup.outs, want, "simd {simd}, half {half_kv}");
             crate::kernels::set_simd(true);
         }
     }

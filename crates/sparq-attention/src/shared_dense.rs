@@ -22,6 +22,7 @@
 
 use crate::cache::HeadKv;
 use crate::kernels::{exp, max, slots, Scratch};
+use crate::lanes::Lanes;
 use crate::tiled_logits::logits;
 
 /// Floats in a 64-byte cache line: the most a start on one can be skipped by.
@@ -117,7 +118,8 @@ pub(crate) fn softmax_rows(z: &mut [f32], s: usize) {
 /// Step 3 of the pass: the weighted values and the weights' sums (each a chain over
 /// the positions in order) from [`softmax_rows`]' `z`, normalised into `outs`: the
 /// prompt's positions for every head, a block of heads at a time over a chunk of value
-/// rows that stays in cache; then each branch's own.
+/// rows that stays in cache (from the values' 16-bit copy when the prompt keeps one);
+/// then each branch's own.
 #[inline(always)]
 pub(crate) fn weighted_values(
     z: &[f32],
@@ -138,27 +140,25 @@ pub(crate) fn weighted_values(
     acc.fill(0.0);
     let sums = slots(&mut sc.rank, heads);
     sums.fill(0.0);
-    let values = prompt.values();
     let mut p0 = 0;
     while p0 < sp {
         let p1 = (p0 + chunk).min(sp);
-        let rows = ValueRows {
-            values: &values[p0 * d..],
-            first: p0,
-            n: p1 - p0,
-            prefetch: true,
-        };
-        weigh_in_blocks((z, s), 0..heads, (per_block, d), rows, acc, sums);
+        let (first, n) = (p0, p1 - p0);
+        match prompt.half().filter(|_| crate::lanes::half_kernels()) {
+            Some(half) => {
+                let rows = ValueRows::new(&half.values()[p0 * d..], first, n);
+                weigh_in_blocks((z, s), 0..heads, (per_block, d), rows, acc, sums);
+            }
+            None => {
+                let rows = ValueRows::new(&prompt.values()[p0 * d..], first, n);
+                weigh_in_blocks((z, s), 0..heads, (per_block, d), rows, acc, sums);
+            }
+        }
         p0 = p1;
     }
     for (b, (gen, out)) in generated.iter().zip(outs.iter_mut()).enumerate() {
         let (first, last) = (b * g, (b + 1) * g);
-        let rows = ValueRows {
-            values: gen.values(),
-            first: sp,
-            n: sg,
-            prefetch: true,
-        };
+        let rows = ValueRows::new(gen.values(), sp, sg);
         weigh_in_blocks((z, s), first..last, (per_block, d), rows, acc, sums);
         for (h, o) in out.chunks_exact_mut(d).enumerate() {
             let inv = 1.0 / sums[first + h];
@@ -174,11 +174,11 @@ pub(crate) fn weighted_values(
 /// block reads the rows from memory (prefetching ahead when `rows.prefetch`); the
 /// others find them in the L1 cache.
 #[inline(always)]
-fn weigh_in_blocks(
+fn weigh_in_blocks<T: Lanes>(
     (z, s): (&[f32], usize),
     heads: std::ops::Range<usize>,
     (per_block, d): (usize, usize),
-    rows: ValueRows<'_>,
+    rows: ValueRows<'_, T>,
     acc: &mut [f32],
     sums: &mut [f32],
 ) {
@@ -203,19 +203,32 @@ fn weigh_in_blocks(
 /// The value rows [`accumulate`] weighs: the first `n` rows of `values`, numbered from
 /// `first`. Rows past them are only prefetched, and only with `prefetch`.
 #[derive(Clone, Copy)]
-struct ValueRows<'a> {
-    values: &'a [f32],
+struct ValueRows<'a, T> {
+    values: &'a [T],
     first: usize,
     n: usize,
     prefetch: bool,
 }
 
+impl<'a, T> ValueRows<'a, T> {
+    /// The rows, prefetching ahead.
+    #[inline(always)]
+    fn new(values: &'a [T], first: usize, n: usize) -> Self {
+        Self {
+            values,
+            first,
+            n,
+            prefetch: true,
+        }
+    }
+}
+
 /// `acc_k = fma(w(k, p), v_p, acc_k)` and `sums_k += w(k, p)` over
 /// the value rows `v_p` in order, for the heads `k` of `acc` (`d` wide).
 #[inline(always)]
-fn accumulate(
+fn accumulate<T: Lanes>(
     weight: impl Fn(usize, usize) -> f32,
-    rows: ValueRows<'_>,
+    rows: ValueRows<'_, T>,
     acc: &mut [f32],
     nb: usize,
     sums: &mut [f32],
@@ -227,7 +240,7 @@ fn accumulate(
             ($v:literal, $nb:literal) => {
                 // SAFETY: the CPU has AVX-512F (just detected); `d == 16 * $v` and
                 // there are `$nb` heads.
-                unsafe { accumulate_avx512::<$v, $nb>(&weight, rows, acc, sums) }
+                unsafe { accumulate_avx512::<$v, $nb, T>(&weight, rows, acc, sums) }
             };
         }
         match (d, nb) {
@@ -246,7 +259,7 @@ fn accumulate(
             let w = weight(k, rows.first + j);
             sums[k] += w;
             for (y, &x) in a.iter_mut().zip(v) {
-                *y = w.mul_add(x, *y);
+                *y = w.mul_add(x.to_f32(), *y);
             }
         }
     }
@@ -259,9 +272,9 @@ fn accumulate(
 /// The CPU must have AVX-512F; `acc` holds `NB` heads of `16 * V`, and `sums` `NB`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn accumulate_avx512<const V: usize, const NB: usize>(
+unsafe fn accumulate_avx512<const V: usize, const NB: usize, T: Lanes>(
     weight: &impl Fn(usize, usize) -> f32,
-    rows: ValueRows<'_>,
+    rows: ValueRows<'_, T>,
     acc: &mut [f32],
     sums: &mut [f32],
 ) {
@@ -284,9 +297,8 @@ unsafe fn accumulate_avx512<const V: usize, const NB: usize>(
                 crate::kernels::prefetch(ahead);
             }
         }
-        let v: [__m512; V] = std::array::from_fn(|i| unsafe {
-            _mm512_loadu_ps(values.as_ptr().add(j * d + 16 * i))
-        });
+        let v: [__m512; V] =
+            std::array::from_fn(|i| unsafe { T::load16(values.as_ptr().add(j * d + 16 * i)) });
         for k in 0..NB {
             let w = weight(k, rows.first + j);
             total[k] += w;

@@ -13,6 +13,10 @@
 
 use crate::cache::HeadKv;
 use crate::kernels::column_blocks;
+#[cfg(target_arch = "x86_64")]
+use crate::lanes::Lanes;
+#[cfg(target_arch = "x86_64")]
+use half::f16;
 
 /// Positions of a tile: four registers of 16.
 #[cfg(target_arch = "x86_64")]
@@ -23,7 +27,8 @@ const TILE_POSITIONS: usize = 64;
 const TILE_HEADS: usize = 6;
 
 /// `z[h * stride + p] = q_h . k_p` for every position `p` of `seg` and every head `h`
-/// of `qs` (`heads x d`, already scaled).
+/// of `qs` (`heads x d`, already scaled). Reads the keys' 16-bit copy when `seg` keeps
+/// one (the same values, so the same bits).
 pub(crate) fn logits(seg: &HeadKv, qs: &[f32], z: &mut [f32], stride: usize) {
     let (d, n) = (seg.head_dim(), seg.len());
     let heads = qs.len() / d;
@@ -33,10 +38,31 @@ pub(crate) fn logits(seg: &HeadKv, qs: &[f32], z: &mut [f32], stride: usize) {
     assert!(qs.len() == heads * d && stride >= n);
     assert!(z.len() >= (heads - 1) * stride + n);
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (just detected); the lengths were checked above.
-        unsafe { logits_avx512(seg, qs, z, stride) };
-        return;
+    {
+        if let Some(half) = seg.half().filter(|_| crate::lanes::half_kernels()) {
+            let keys = Keys {
+                columns: half.key_columns_ptr(),
+                column_stride: half.column_stride(),
+                d,
+                n,
+            };
+            // SAFETY: the CPU has AVX-512F, BW and VL (`half_kernels`); the copy holds
+            // `d` columns of `n` positions, and the lengths were checked above.
+            unsafe { logits_avx512_half(keys, qs, z, stride) };
+            return;
+        }
+        if crate::kernels::simd_enabled() && std::is_x86_feature_detected!("avx512f") {
+            let keys = Keys {
+                columns: seg.key_column(0).as_ptr(),
+                column_stride: seg.capacity(),
+                d,
+                n,
+            };
+            // SAFETY: the CPU has AVX-512F (just detected); the cache holds `d` columns
+            // of `n` positions, and the lengths were checked above.
+            unsafe { logits_avx512_f32(keys, qs, z, stride) };
+            return;
+        }
     }
     let every: Vec<u32> = (0..d as u32).collect();
     column_blocks(seg, &every, qs, (heads, stride), z, fma4, fma1);
@@ -64,13 +90,24 @@ fn fma4(y: &mut [f32], a: [f32; 4], x: [&[f32]; 4]) {
     }
 }
 
+/// A segment's transposed keys: `d` columns of `n` positions, column `c` (component
+/// `c` of every position) starting `c * column_stride` elements after `columns`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Keys<T> {
+    columns: *const T,
+    column_stride: usize,
+    d: usize,
+    n: usize,
+}
+
 /// One tile's place: the transposed keys (`column(c)` holds component `c` of every
 /// position, `column_stride` apart) from position `p0`, the queries from head `h0`,
 /// the logits `z` (`stride` apart per head).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Tile {
-    columns: *const f32,
+struct Tile<T> {
+    columns: *const T,
     column_stride: usize,
     d: usize,
     qs: *const f32,
@@ -80,18 +117,47 @@ struct Tile {
     h0: usize,
 }
 
-/// [`logits`] with AVX-512 tiles.
+/// [`logits`] with AVX-512 tiles over f32 keys.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; the lengths are those `logits` asserts.
+/// The CPU must have AVX-512F; `keys` lies inside its cache and the lengths are those
+/// `logits` asserts.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn logits_avx512(seg: &HeadKv, qs: &[f32], z: &mut [f32], stride: usize) {
-    let (d, n) = (seg.head_dim(), seg.len());
+unsafe fn logits_avx512_f32(keys: Keys<f32>, qs: &[f32], z: &mut [f32], stride: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { logits_avx512(keys, qs, z, stride) }
+}
+
+/// [`logits`] with AVX-512 tiles over f16 keys.
+///
+/// # Safety
+/// The CPU must have AVX-512F, BW and VL; `keys` lies inside its copy and the lengths
+/// are those `logits` asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn logits_avx512_half(keys: Keys<f16>, qs: &[f32], z: &mut [f32], stride: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { logits_avx512(keys, qs, z, stride) }
+}
+
+/// The tiles of [`logits`], inlined into a build for each element type.
+///
+/// # Safety
+/// As for [`logits_avx512_half`] when `T` is `f16`, [`logits_avx512_f32`] when `f32`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn logits_avx512<T: Lanes>(keys: Keys<T>, qs: &[f32], z: &mut [f32], stride: usize) {
+    let Keys {
+        columns,
+        column_stride,
+        d,
+        n,
+    } = keys;
     let heads = qs.len() / d;
     let mut tile = Tile {
-        columns: seg.key_column(0).as_ptr(),
-        column_stride: seg.capacity(),
+        columns,
+        column_stride,
         d,
         qs: qs.as_ptr(),
         z: z.as_mut_ptr(),
@@ -120,7 +186,7 @@ unsafe fn logits_avx512(seg: &HeadKv, qs: &[f32], z: &mut [f32], stride: usize) 
                     match nh {
                         // SAFETY: `tile` lies inside `seg`, `qs` and `z` (the asserts of
                         // `logits`), with `nh` heads and `width` positions.
-                        $($nh => unsafe { logits_tile::<$nh>(tile, width, ahead) },)*
+                        $($nh => unsafe { logits_tile::<$nh, T>(tile, width, ahead) },)*
                         _ => unreachable!("a tile has 1 to {TILE_HEADS} heads"),
                     }
                 };
@@ -146,13 +212,17 @@ struct Ahead {
 /// `tile.p0`, prefetching the keys `ahead` names on the way.
 ///
 /// # Safety
-/// The CPU must have AVX-512F; heads `h0..h0 + NH` of `qs` and `z`, positions
-/// `p0..p0 + width` of every column and of `z`'s rows lie inside them.
+/// The CPU must have AVX-512F, and BW and VL for `f16` keys; heads `h0..h0 + NH` of
+/// `qs` and `z`, positions `p0..p0 + width` of every column and of `z`'s rows lie
+/// inside them.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn logits_tile<const NH: usize>(tile: Tile, width: usize, ahead: Ahead) {
+unsafe fn logits_tile<const NH: usize, T: Lanes>(tile: Tile<T>, width: usize, ahead: Ahead) {
     use std::arch::x86_64::*;
     const R: usize = TILE_POSITIONS / 16;
+    // A tile's positions of one column: 4 cache lines of f32, 2 of f16.
+    let lines = (TILE_POSITIONS * std::mem::size_of::<T>()).div_ceil(64);
+    let per_line = 64 / std::mem::size_of::<T>();
     // Lanes past `width` are neither loaded (masked loads do not fault) nor stored.
     let masks: [__mmask16; R] = std::array::from_fn(|r| {
         let lanes = width.saturating_sub(16 * r).min(16);
@@ -164,19 +234,20 @@ unsafe fn logits_tile<const NH: usize>(tile: Tile, width: usize, ahead: Ahead) {
         // masked-off lanes and prefetches (which never fault) go there.
         let column = tile.columns.wrapping_add(c * tile.column_stride + tile.p0);
         if ahead.near {
-            for r in 0..R {
-                _mm_prefetch::<_MM_HINT_T0>(column.wrapping_add(TILE_POSITIONS + 16 * r).cast());
+            for i in 0..lines {
+                let line = column.wrapping_add(TILE_POSITIONS + per_line * i);
+                _mm_prefetch::<_MM_HINT_T0>(line.cast());
             }
         }
         if ahead.far {
-            for r in 0..R {
-                let line = column.wrapping_add(2 * TILE_POSITIONS + 16 * r);
+            for i in 0..lines {
+                let line = column.wrapping_add(2 * TILE_POSITIONS + per_line * i);
                 _mm_prefetch::<_MM_HINT_T1>(line.cast());
             }
         }
         // SAFETY: the unmasked lanes are positions `p0..p0 + width` of column `c`.
         let k: [__m512; R] = std::array::from_fn(|r| unsafe {
-            _mm512_maskz_loadu_ps(masks[r], column.wrapping_add(16 * r))
+            T::load16_masked(masks[r], column.wrapping_add(16 * r))
         });
         for (h, regs) in acc.iter_mut().enumerate() {
             // SAFETY: head `h0 + h` of `qs` has `d` components.

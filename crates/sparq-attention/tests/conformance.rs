@@ -813,3 +813,70 @@ proptest! {
         }
     }
 }
+
+/// `lcg_values` rounded to halves, the values a 16-bit cache holds.
+fn half_values(seed: &mut u64, n: usize) -> Vec<f32> {
+    let mut xs = lcg_values(seed, n);
+    sparq_attention::round_to_half(&mut xs).expect("values within f16's range");
+    xs
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, ..ProptestConfig::default() })]
+
+    /// A prompt cache that keeps a 16-bit copy gives, through the copy, the same bits
+    /// as through its floats: in one pass of several branches and split into logits
+    /// and the rest, with and without the SIMD kernels, on the head dimensions of real
+    /// models and on others.
+    #[test]
+    fn dense_passes_over_the_half_copy_equal_those_over_the_floats(
+        prompt in prop_oneof![1usize..70, 70usize..400],
+        generated in 1usize..4,
+        d in prop_oneof![1usize..20, Just(64usize), Just(128usize)],
+        g in 1usize..5,
+        branches in 1usize..10,
+        seed in any::<u64>(),
+    ) {
+        let mut seed = seed;
+        let floats = HeadKv::from_rows(
+            d,
+            &half_values(&mut seed, prompt * d),
+            &half_values(&mut seed, prompt * d),
+        );
+        let mut halves = floats.clone();
+        prop_assert!(halves.keep_half_copy());
+        prop_assert!(floats.half().is_none());
+        let gens: Vec<HeadKv> = (0..branches)
+            .map(|_| {
+                HeadKv::from_rows(
+                    d,
+                    &lcg_values(&mut seed, generated * d),
+                    &lcg_values(&mut seed, generated * d),
+                )
+            })
+            .collect();
+        let queries: Vec<Vec<f32>> = (0..branches).map(|_| lcg_values(&mut seed, g * d)).collect();
+        let qs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
+        let gs: Vec<&HeadKv> = gens.iter().collect();
+        let pass = |prompt: &HeadKv, split: bool| {
+            let mut out = vec![vec![f32::NAN; g * d]; branches];
+            let mut outs: Vec<&mut [f32]> = out.iter_mut().map(|o| o.as_mut_slice()).collect();
+            let moved = if split {
+                let handoff = LogitsHandoff::new(Vec::new());
+                handoff.compute(&qs, prompt, &gs);
+                attend_shared_prompt_from(&handoff, &qs, prompt, &gs, &mut outs)
+            } else {
+                sparq_attention::dense::attend_shared_prompt(&qs, prompt, &gs, &mut outs)
+            };
+            let bits: Vec<u32> = out.iter().flatten().map(|x| x.to_bits()).collect();
+            (bits, moved)
+        };
+        for simd in [true, false] {
+            sparq_attention::set_simd(simd);
+            for split in [false, true] {
+                prop_assert_eq!(pass(&halves, split), pass(&floats, split), "simd {} split {}", simd, split);
+            }
+        }
+        sparq_attention::set_simd(true);
+    }
+}

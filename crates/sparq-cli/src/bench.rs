@@ -48,6 +48,10 @@ pub struct BenchDensePhasesArgs {
     /// Timed passes, cold and warm each (medians are reported).
     #[arg(long, default_value_t = 201)]
     repeats: usize,
+    /// The prompt cache's storage the pass reads (comma-separated for several): `f32`,
+    /// or `f16` for the 16-bit copy `--dtype q4` keeps.
+    #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = ["f32", "f16"])]
+    kv: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -248,20 +252,23 @@ fn bench_dense_phases(args: BenchDensePhasesArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &seq_len in &args.seq_len {
         for &branches in &args.branches {
-            let cfg = sparq_attention::PhaseConfig {
-                seq_len,
-                head_dim: args.head_dim,
-                group: args.group,
-                branches,
-                repeats: args.repeats,
-                seed: 0,
-            };
-            rows.extend(sparq_attention::bench_dense_phases(&cfg)?);
+            for kv in &args.kv {
+                let cfg = sparq_attention::PhaseConfig {
+                    seq_len,
+                    head_dim: args.head_dim,
+                    group: args.group,
+                    branches,
+                    repeats: args.repeats,
+                    seed: 0,
+                    half_kv: kv == "f16",
+                };
+                rows.extend(sparq_attention::bench_dense_phases(&cfg)?);
+            }
         }
     }
     let to_json = |r: &sparq_attention::PhaseRow| {
         json!({
-            "seq_len": r.seq_len, "head_dim": r.head_dim, "heads": r.heads,
+            "seq_len": r.seq_len, "head_dim": r.head_dim, "heads": r.heads, "kv": r.kv,
             "phase": r.phase, "cold_us": r.cold_us, "warm_us": r.warm_us,
         })
     };

@@ -17,8 +17,8 @@ use crate::rope::Rope;
 use crate::screen::{full_argmax, ScreenedHead};
 use crate::weights::LoadedWeights;
 
-/// Numeric format of the large weight matrices. Activations, norms and the KV cache
-/// are always f32.
+/// Numeric format of the large weight matrices, and for `Q4` of the KV cache too.
+/// Activations and norms are always f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum WeightDtype {
     /// Exact. Decode steps read a GGUF file's Q4_1 blocks instead of the f32 matrix
@@ -31,9 +31,20 @@ pub enum WeightDtype {
     /// Half the bytes to read per decode step; outputs move slightly (see BENCHMARKS.md).
     Bf16,
     /// `F32`, except that one branch's decode products are computed from the Q4_1
-    /// blocks per block as `d * (q . x) + m * sum(x)`: the same weights rounded
-    /// differently, fewer operations (see BENCHMARKS.md for how far outputs move).
+    /// blocks per block as `d * (q . x) + m * sum(x)` (the same weights rounded
+    /// differently, fewer operations), and that keys and values are rounded to 16-bit
+    /// floats (f16) as they enter the cache, as llama.cpp's default cache stores them:
+    /// the prompt's cache then keeps a 16-bit copy, which dense attention reads at
+    /// half the bytes. See BENCHMARKS.md for how far outputs move.
     Q4,
+}
+
+impl WeightDtype {
+    /// Whether keys and values are rounded to f16 and the prompt's cache kept at 16
+    /// bits too.
+    pub fn half_kv(self) -> bool {
+        self == Self::Q4
+    }
 }
 
 impl std::fmt::Display for WeightDtype {
@@ -248,6 +259,9 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: Linear,
+    /// Keys and values rounded to f16, the prompt's cache kept at 16 bits too
+    /// ([`WeightDtype::half_kv`]).
+    half_kv: bool,
     /// The output head's 8-bit screen for greedy steps; `None` when the head has a
     /// weight that is not finite.
     screen: Option<ScreenedHead>,
@@ -369,6 +383,7 @@ impl Llama {
         let screen = lm_head.with_rows(|w| ScreenedHead::new(w, c.vocab_size, h));
         Ok(Self {
             lm_head,
+            half_kv: dtype.half_kv(),
             screen,
             embed: embed.to_dtype(DType::F32)?,
             layers,
@@ -478,6 +493,9 @@ impl Llama {
             rms_norm_rows(&x, &mut hn, &layer.input_norm, eps);
             layer.qkv.forward_many(&hn, (s, h), &mut qkv, false);
             self.split_heads(&qkv, s, (&mut q, &mut k, &mut v));
+            if self.half_kv {
+                round_kv_to_half(&mut k, &mut v, li)?;
+            }
             // Past the last layer's keys and values only the last position's output
             // counts (the logits come from it), unless H2O needs every query's mass.
             let first = if li + 1 == self.layers.len() && !with_mass {
@@ -508,7 +526,17 @@ impl Llama {
             kv.push(
                 k.par_chunks(s * d)
                     .zip(v.par_chunks(s * d))
-                    .map(|(kh, vh)| HeadKv::from_rows(d, kh, vh))
+                    .map(|(kh, vh)| {
+                        let mut cache = HeadKv::from_rows(d, kh, vh);
+                        if self.half_kv {
+                            // Always kept: the keys and values were rounded to f16
+                            // above. Without it the dense passes would read the
+                            // floats, which give the same results.
+                            let kept = cache.keep_half_copy();
+                            debug_assert!(kept, "rounded keys and values are halves");
+                        }
+                        cache
+                    })
                     .collect(),
             );
             if let (Some(all), Some(m)) = (mass_all.as_mut(), mass) {
@@ -661,16 +689,21 @@ impl Llama {
                 .zip(qkv.chunks_mut(qkv_dim))
                 .zip(&positions)
                 .collect();
-            crate::spread::run_each(rows, |((branch, row), &pos)| {
+            let joined = crate::spread::run_each(rows, |((branch, row), &pos)| {
                 let (q, kv_part) = row.split_at_mut(nh * d);
                 let (k, v) = kv_part.split_at_mut(nkv * d);
                 self.rope.apply(q, pos);
                 self.rope.apply(k, pos);
+                if self.half_kv {
+                    round_kv_to_half(k, v, l)?;
+                }
                 for kvh in 0..nkv {
                     branch.generated[l * nkv + kvh]
                         .push(&k[kvh * d..(kvh + 1) * d], &v[kvh * d..(kvh + 1) * d]);
                 }
+                Ok(())
             });
+            joined.into_iter().collect::<Result<()>>()?;
             // 3. attention through each branch's method, all (branch, KV head) pairs
             //    in parallel (dense branches share one pass over the prompt); every
             //    method writes its heads' outputs whole
@@ -706,6 +739,22 @@ impl Llama {
         debug_assert_eq!(x.len(), m * h);
         Ok(x)
     }
+}
+
+/// Rounds layer `layer`'s keys and values to f16 for a 16-bit cache, or says which
+/// is beyond its range.
+fn round_kv_to_half(keys: &mut [f32], values: &mut [f32], layer: usize) -> Result<()> {
+    for (what, xs) in [("key", keys), ("value", values)] {
+        sparq_attention::round_to_half(xs).map_err(|x| {
+            RunnerError::Invalid(format!(
+                "--dtype {} keeps keys and values as 16-bit floats, but layer {layer} has a \
+                 {what} component of {x}, beyond their range (at most 65504 in magnitude); \
+                 use --dtype f32",
+                WeightDtype::Q4
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// `out` = the RMS norm of every `weight.len()`-long row of `x`, rows in parallel.
@@ -763,5 +812,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Keys or values beyond f16's range are refused under `q4`, naming the dtype, the
+    /// layer and which of the two.
+    #[test]
+    fn a_key_or_value_beyond_f16_is_a_clear_error() {
+        let mut keys = vec![0.5f32; 64];
+        let mut values = vec![0.5f32; 64];
+        round_kv_to_half(&mut keys, &mut values, 3).unwrap();
+        values[10] = 1.0e5;
+        let err = round_kv_to_half(&mut keys, &mut values, 7)
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "--dtype q4",
+            "layer 7",
+            "value component of 100000",
+            "65504",
+        ] {
+            assert!(err.contains(part), "{err}");
+        }
+        keys[0] = -7.0e4;
+        let err = round_kv_to_half(&mut keys, &mut values, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key component of -70000"), "{err}");
     }
 }
