@@ -1,7 +1,7 @@
 # Compares a reduced-precision --dtype (bf16 by default, or q4) with f32 on the golden
 # prompts: how far it moves the outputs. Run from the repository root after building:
 # python3 scripts/compare_dtypes.py [bf16|q4]. The first step's top-5 logits come from
-# the prefill, which q4 leaves exact; its changes show in the continuations.
+# the prefill: q4 moves them only through its keys and values rounded to f16.
 import json, subprocess, sys
 other = sys.argv[1] if len(sys.argv) > 1 else 'bf16'
 g = json.load(open('crates/sparq-runner/tests/golden/smollm2_q4_1.json'))

@@ -581,6 +581,8 @@ pub(crate) struct Scratch {
     pub logits: Vec<f32>,
     pub rank: Vec<f32>,
     pub weights: Vec<f32>,
+    /// A chunk of 16-bit value rows widened to f32 (`shared_dense`).
+    pub widened: Vec<f32>,
     pub selected: Vec<u32>,
     pub candidates: Vec<u32>,
     pub top: crate::topk::TopK,

@@ -101,20 +101,23 @@ struct Keys<T> {
     n: usize,
 }
 
-/// One tile's place: the transposed keys (`column(c)` holds component `c` of every
-/// position, `column_stride` apart) from position `p0`, the queries from head `h0`,
-/// the logits `z` (`stride` apart per head).
+/// One tile's place: its keys (component `c` of its first position
+/// `c * column_stride` elements after `keys`, the tile's positions following it), the
+/// queries from head `h0`, the logits `z` (its first position of head 0's row, rows
+/// `stride` apart).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Tile<T> {
-    columns: *const T,
+    keys: *const T,
     column_stride: usize,
     d: usize,
     qs: *const f32,
     z: *mut f32,
     stride: usize,
-    p0: usize,
     h0: usize,
+    /// Where the tile writes its keys widened to f32 (component `c`'s 64 positions
+    /// `64 * c` on), or null.
+    keep: *mut f32,
 }
 
 /// [`logits`] with AVX-512 tiles over f32 keys.
@@ -143,6 +146,11 @@ unsafe fn logits_avx512_half(keys: Keys<f16>, qs: &[f32], z: &mut [f32], stride:
 
 /// The tiles of [`logits`], inlined into a build for each element type.
 ///
+/// A tile's heads come in blocks of up to [`TILE_HEADS`], each block reading the
+/// tile's keys again from L1. Keys of 16 bits are widened once per tile instead: the
+/// first block keeps them widened, and the others read those (widening again for
+/// every block cost a third more arithmetic at 24 heads).
+///
 /// # Safety
 /// As for [`logits_avx512_half`] when `T` is `f16`, [`logits_avx512_f32`] when `f32`.
 #[cfg(target_arch = "x86_64")]
@@ -155,47 +163,86 @@ unsafe fn logits_avx512<T: Lanes>(keys: Keys<T>, qs: &[f32], z: &mut [f32], stri
         n,
     } = keys;
     let heads = qs.len() / d;
-    let mut tile = Tile {
-        columns,
-        column_stride,
-        d,
-        qs: qs.as_ptr(),
-        z: z.as_mut_ptr(),
-        stride,
-        p0: 0,
-        h0: 0,
+    let blocks = heads.div_ceil(TILE_HEADS);
+    let widen_once = std::mem::size_of::<T>() < 4 && blocks > 1;
+    let mut buf = Vec::new();
+    let widened = if widen_once {
+        buf.resize(TILE_POSITIONS * d + 16, 0.0f32);
+        let skip = buf.as_ptr().align_offset(64).min(16);
+        buf[skip..].as_mut_ptr()
+    } else {
+        std::ptr::null_mut()
     };
-    while tile.p0 < n {
-        let width = (n - tile.p0).min(TILE_POSITIONS);
+    let mut p0 = 0;
+    while p0 < n {
+        let width = (n - p0).min(TILE_POSITIONS);
+        let source = Tile {
+            keys: columns.wrapping_add(p0),
+            column_stride,
+            d,
+            qs: qs.as_ptr(),
+            z: z.as_mut_ptr().wrapping_add(p0),
+            stride,
+            h0: 0,
+            keep: widened,
+        };
         // The next tiles' keys are asked for while this one is summed: 64 columns are
         // more streams than the hardware prefetcher follows. The tile after next goes
-        // into L2 (its queue of misses is deeper than L1's), the next into L1.
-        let blocks = heads.div_ceil(TILE_HEADS);
-        tile.h0 = 0;
+        // into L2 (its queue of misses is deeper than L1's), the next into L1; both
+        // from a block that reads the source, the second block's when it does.
+        let far_block = if widen_once { 0 } else { blocks.min(2) - 1 };
         for block in 0..blocks {
-            let nh = (heads - tile.h0).min(TILE_HEADS);
-            let mut ahead = Ahead::default();
-            if block == 0 && tile.p0 + TILE_POSITIONS < n {
-                ahead.near = true;
-            }
-            if block == blocks.min(2) - 1 && tile.p0 + 2 * TILE_POSITIONS < n {
-                ahead.far = true;
-            }
-            macro_rules! go {
-                ($($nh:literal),*) => {
-                    match nh {
-                        // SAFETY: `tile` lies inside `seg`, `qs` and `z` (the asserts of
-                        // `logits`), with `nh` heads and `width` positions.
-                        $($nh => unsafe { logits_tile::<$nh, T>(tile, width, ahead) },)*
-                        _ => unreachable!("a tile has 1 to {TILE_HEADS} heads"),
-                    }
+            let h0 = block * TILE_HEADS;
+            let nh = (heads - h0).min(TILE_HEADS);
+            let ahead = Ahead {
+                near: block == 0 && p0 + TILE_POSITIONS < n,
+                far: block == far_block && p0 + 2 * TILE_POSITIONS < n,
+            };
+            // SAFETY (both): the tile lies inside `keys`, `qs` and `z` (the asserts of
+            // `logits`), with `nh` heads and `width` positions; `widened` holds a
+            // tile's keys and was written by block 0.
+            if widen_once && block > 0 {
+                let tile = Tile {
+                    keys: widened.cast_const(),
+                    column_stride: TILE_POSITIONS,
+                    d,
+                    qs: source.qs,
+                    z: source.z,
+                    stride,
+                    h0,
+                    keep: std::ptr::null_mut(),
                 };
+                unsafe { tile_of(tile, nh, width, ahead) };
+            } else {
+                let keep = if block == 0 {
+                    widened
+                } else {
+                    std::ptr::null_mut()
+                };
+                unsafe { tile_of(Tile { h0, keep, ..source }, nh, width, ahead) };
             }
-            go!(1, 2, 3, 4, 5, 6);
-            tile.h0 += nh;
         }
-        tile.p0 += TILE_POSITIONS;
+        p0 += TILE_POSITIONS;
     }
+}
+
+/// [`logits_tile`] for `nh` heads.
+///
+/// # Safety
+/// As for [`logits_tile`], with `nh` for `NH`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile_of<T: Lanes>(tile: Tile<T>, nh: usize, width: usize, ahead: Ahead) {
+    macro_rules! go {
+        ($($nh:literal),*) => {
+            match nh {
+                // SAFETY: the caller's contract.
+                $($nh => unsafe { logits_tile::<$nh, T>(tile, width, ahead) },)*
+                _ => unreachable!("a tile has 1 to {TILE_HEADS} heads"),
+            }
+        };
+    }
+    go!(1, 2, 3, 4, 5, 6)
 }
 
 /// Which of the next tiles' keys a tile prefetches on its way.
@@ -208,13 +255,13 @@ struct Ahead {
     far: bool,
 }
 
-/// The logits of `NH` heads from `tile.h0` and `width` (at most 64) positions from
-/// `tile.p0`, prefetching the keys `ahead` names on the way.
+/// The logits of `NH` heads from `tile.h0` and `width` (at most 64) positions of
+/// `tile`, prefetching the keys `ahead` names on the way.
 ///
 /// # Safety
 /// The CPU must have AVX-512F, and BW and VL for `f16` keys; heads `h0..h0 + NH` of
-/// `qs` and `z`, positions `p0..p0 + width` of every column and of `z`'s rows lie
-/// inside them.
+/// `qs` and `z`, the tile's `width` positions of every column and of `z`'s rows lie
+/// inside them, and `keep` (when not null) holds 64 floats per component.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn logits_tile<const NH: usize, T: Lanes>(tile: Tile<T>, width: usize, ahead: Ahead) {
@@ -232,7 +279,7 @@ unsafe fn logits_tile<const NH: usize, T: Lanes>(tile: Tile<T>, width: usize, ah
     for c in 0..tile.d {
         // `wrapping_add`: past `width` the addresses may leave the cache's buffer; only
         // masked-off lanes and prefetches (which never fault) go there.
-        let column = tile.columns.wrapping_add(c * tile.column_stride + tile.p0);
+        let column = tile.keys.wrapping_add(c * tile.column_stride);
         if ahead.near {
             for i in 0..lines {
                 let line = column.wrapping_add(TILE_POSITIONS + per_line * i);
@@ -245,10 +292,16 @@ unsafe fn logits_tile<const NH: usize, T: Lanes>(tile: Tile<T>, width: usize, ah
                 _mm_prefetch::<_MM_HINT_T1>(line.cast());
             }
         }
-        // SAFETY: the unmasked lanes are positions `p0..p0 + width` of column `c`.
+        // SAFETY: the unmasked lanes are the tile's `width` positions of column `c`.
         let k: [__m512; R] = std::array::from_fn(|r| unsafe {
             T::load16_masked(masks[r], column.wrapping_add(16 * r))
         });
+        if !tile.keep.is_null() {
+            for (r, k) in k.iter().enumerate() {
+                // SAFETY: `keep` holds 64 floats for component `c`.
+                unsafe { _mm512_storeu_ps(tile.keep.add(TILE_POSITIONS * c + 16 * r), *k) };
+            }
+        }
         for (h, regs) in acc.iter_mut().enumerate() {
             // SAFETY: head `h0 + h` of `qs` has `d` components.
             let q = _mm512_set1_ps(unsafe { *tile.qs.add((tile.h0 + h) * tile.d + c) });
@@ -258,9 +311,9 @@ unsafe fn logits_tile<const NH: usize, T: Lanes>(tile: Tile<T>, width: usize, ah
         }
     }
     for (h, regs) in acc.iter().enumerate() {
-        let row = tile.z.wrapping_add((tile.h0 + h) * tile.stride + tile.p0);
+        let row = tile.z.wrapping_add((tile.h0 + h) * tile.stride);
         for (r, a) in regs.iter().enumerate() {
-            // SAFETY: the unmasked lanes are positions `p0..p0 + width` of head
+            // SAFETY: the unmasked lanes are the tile's `width` positions of head
             // `h0 + h`'s row of `z`.
             unsafe { _mm512_mask_storeu_ps(row.wrapping_add(16 * r), masks[r], *a) };
         }
