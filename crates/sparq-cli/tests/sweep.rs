@@ -256,3 +256,81 @@ fn bad_grids_are_refused_before_model_work() {
     ]);
     assert!(!ok && err.contains("output directory"), "{err}");
 }
+
+/// `--dtype q4` stores keys and values at 16 bits: the report counts 2 bytes per
+/// cached element (4 with f32), so its bytes per step are half of f32's for the same
+/// elements moved.
+#[test]
+fn q4_reports_two_bytes_per_cached_element() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = write_tasks(tmp.path());
+    let mut bytes = Vec::new();
+    for dtype in ["f32", "q4"] {
+        let out = tmp.path().join(dtype);
+        let args: Vec<String> = [
+            "eval",
+            "--model",
+            &default_model(),
+            "--tasks",
+            &tasks.1,
+            "--limit",
+            "1",
+            "--method",
+            "sparq:r=8,k=16",
+            "--dtype",
+            dtype,
+            "--output-dir",
+            &out.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (ok, err) = run(&args);
+        assert!(ok, "{dtype}: {err}");
+        let samples = std::fs::read_to_string(out.join("samples.jsonl")).unwrap();
+        for line in samples.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let want = if dtype == "q4" { 2 } else { 4 };
+            assert_eq!(record["bytes_per_element"], want, "{dtype}: {line}");
+        }
+        let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+        let mut lines = csv.lines();
+        let header = csv_fields(lines.next().unwrap());
+        let column = header
+            .iter()
+            .position(|h| h == "kv_bytes_per_step")
+            .unwrap();
+        let elements = header
+            .iter()
+            .position(|h| h == "transfer_elements")
+            .unwrap();
+        // (elements, bytes) of each row.
+        let rows: Vec<(u64, u64)> = lines
+            .map(|l| {
+                let f = csv_fields(l);
+                (f[elements].parse().unwrap(), f[column].parse().unwrap())
+            })
+            .collect();
+        assert_eq!(rows.len(), 2, "{csv}");
+        bytes.push(rows);
+    }
+    for (f32_row, q4_row) in bytes[0].iter().zip(&bytes[1]) {
+        assert_eq!(f32_row.0, q4_row.0, "the same elements moved");
+        assert_eq!(f32_row.1, 2 * q4_row.1, "f32 {f32_row:?}, q4 {q4_row:?}");
+    }
+}
+
+/// The fields of one CSV line: commas inside double quotes belong to the field (the
+/// `params` column quotes `r=8,k=16`; no field here holds a quote itself).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    for ch in line.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            _ => fields.last_mut().unwrap().push(ch),
+        }
+    }
+    fields
+}

@@ -18,7 +18,15 @@ use crate::{grid_difference, RUN_FILE, SAMPLES_FILE};
 /// SPEC section 5: inputs longer than the model's positions minus this are cut from
 /// the left.
 pub const GENERATION_HEADROOM: usize = 256;
-const BYTES_PER_ELEMENT: usize = 4;
+/// Bytes of one cached key or value component: what the report turns moved elements
+/// into bytes with (SPEC section 4). `q4` stores keys and values as f16.
+fn bytes_per_element(dtype: WeightDtype) -> usize {
+    if dtype.half_kv() {
+        2
+    } else {
+        4
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -241,6 +249,7 @@ pub fn run_grid(
                 task: task_name,
                 task_version: task.version.unwrap_or(0),
                 shape,
+                bytes_per_element: bytes_per_element(options.dtype),
             };
             for (example, input) in task.examples.iter().zip(&prepared) {
                 if input.truncated > 0 {
@@ -341,6 +350,7 @@ struct CellContext<'a> {
     task: &'a str,
     task_version: u32,
     shape: ModelShape,
+    bytes_per_element: usize,
 }
 
 impl CellContext<'_> {
@@ -369,7 +379,7 @@ impl CellContext<'_> {
             group: self.shape.group,
             kv_heads: self.shape.kv_heads,
             layers: self.shape.layers,
-            bytes_per_element: BYTES_PER_ELEMENT,
+            bytes_per_element: self.bytes_per_element,
             higher_is_better: example.metric.higher_is_better(),
             error: None,
         }
