@@ -150,10 +150,18 @@ impl HeadKv {
             keys_t,
             values,
         };
+        // Widened back a chunk at a time (the slice conversions use F16C; one call per
+        // element was most of the check's time).
         let exact = |copy: &[f16], original: &[f32]| {
-            copy.iter()
-                .zip(original)
-                .all(|(h, x)| h.is_finite() && h.to_f32().to_bits() == x.to_bits())
+            let mut widened = [0.0f32; 256];
+            copy.chunks(widened.len())
+                .zip(original.chunks(widened.len()))
+                .all(|(copy, original)| {
+                    let widened = &mut widened[..copy.len()];
+                    copy.convert_to_f32_slice(widened);
+                    let same = |(w, x): (&f32, &f32)| x.is_finite() && w.to_bits() == x.to_bits();
+                    widened.iter().zip(original).all(same)
+                })
         };
         let keys_exact = (0..self.head_dim).all(|i| exact(half.key_column(i), self.key_column(i)));
         if !(keys_exact && exact(half.values(), self.values())) {

@@ -741,18 +741,20 @@ impl Llama {
     }
 }
 
-/// Rounds layer `layer`'s keys and values to f16 for a 16-bit cache, or says which
-/// is beyond its range.
+/// Rounds layer `layer`'s keys and values to f16 for a 16-bit cache (a prefill's in
+/// parallel), or says which is beyond its range.
 fn round_kv_to_half(keys: &mut [f32], values: &mut [f32], layer: usize) -> Result<()> {
     for (what, xs) in [("key", keys), ("value", values)] {
-        sparq_attention::round_to_half(xs).map_err(|x| {
-            RunnerError::Invalid(format!(
-                "--dtype {} keeps keys and values as 16-bit floats, but layer {layer} has a \
+        xs.par_chunks_mut(1 << 14)
+            .try_for_each(sparq_attention::round_to_half)
+            .map_err(|x| {
+                RunnerError::Invalid(format!(
+                    "--dtype {} keeps keys and values as 16-bit floats, but layer {layer} has a \
                  {what} component of {x}, beyond their range (at most 65504 in magnitude); \
                  use --dtype f32",
-                WeightDtype::Q4
-            ))
-        })?;
+                    WeightDtype::Q4
+                ))
+            })?;
     }
     Ok(())
 }
