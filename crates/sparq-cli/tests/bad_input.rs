@@ -194,6 +194,30 @@ fn long_prompt_is_cut_from_the_left_and_the_count_reported() {
     assert_eq!(v["output_tokens"].as_array().unwrap().len(), 4);
 }
 
+/// A bad line of a custom task file is named once: the message is the task's, then
+/// the file, line and field (the error chain used to repeat the task's message).
+#[test]
+fn bad_task_file_line_is_named_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let task = tmp.path().join("bad.jsonl");
+    std::fs::write(&task, "{\"id\": \"a\", \"references\": [\"x\"]}\n").unwrap();
+    let (task, out) = (task.display().to_string(), tmp.path().join("out"));
+    let model = default_model().display().to_string();
+    let args = [
+        "eval",
+        "--model",
+        &model,
+        "--tasks",
+        &task,
+        "--output-dir",
+        &out.display().to_string(),
+    ];
+    let line = format!("{task} line 1: missing field `input`");
+    assert_clean_failure(&args, &[&format!("error: task {task}: {line}")]);
+    let (_, _, err) = sparq(&args);
+    assert_eq!(err.matches(&line).count(), 1, "{err}");
+}
+
 #[test]
 fn bad_method_spec_is_refused_before_loading_the_model() {
     assert_clean_failure(

@@ -36,13 +36,15 @@ pub enum EngineError {
     Report(#[from] crate::ReportError),
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
-    #[error("model {model}: {source}")]
+    // The source is not in the message: the CLI prints the chain, which would
+    // repeat it.
+    #[error("model {model}")]
     Model {
         model: String,
         #[source]
         source: sparq_runner::RunnerError,
     },
-    #[error("task {task}: {source}")]
+    #[error("task {task}")]
     Task {
         task: String,
         // Boxed: the task error is large and this enum travels on every return.
