@@ -717,6 +717,26 @@ proptest! {
     }
 }
 
+/// Each branch's own cache (`generated` positions of `d`) and its `g` queries, for the
+/// shared-prompt tests.
+fn branch_data(
+    seed: &mut u64,
+    branches: usize,
+    (generated, d, g): (usize, usize, usize),
+) -> (Vec<HeadKv>, Vec<Vec<f32>>) {
+    let gens = (0..branches)
+        .map(|_| {
+            HeadKv::from_rows(
+                d,
+                &lcg_values(seed, generated * d),
+                &lcg_values(seed, generated * d),
+            )
+        })
+        .collect();
+    let queries = (0..branches).map(|_| lcg_values(seed, g * d)).collect();
+    (gens, queries)
+}
+
 /// A small deterministic generator for the shared-prompt test's data.
 fn lcg_values(seed: &mut u64, n: usize) -> Vec<f32> {
     (0..n)
@@ -751,16 +771,7 @@ proptest! {
             &lcg_values(&mut seed, prompt * d),
             &lcg_values(&mut seed, prompt * d),
         );
-        let gens: Vec<HeadKv> = (0..branches)
-            .map(|_| {
-                HeadKv::from_rows(
-                    d,
-                    &lcg_values(&mut seed, generated * d),
-                    &lcg_values(&mut seed, generated * d),
-                )
-            })
-            .collect();
-        let queries: Vec<Vec<f32>> = (0..branches).map(|_| lcg_values(&mut seed, g * d)).collect();
+        let (gens, queries) = branch_data(&mut seed, branches, (generated, d, g));
         let shared_pass = || {
             let mut shared = vec![vec![f32::NAN; g * d]; branches];
             let qs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
@@ -846,16 +857,7 @@ proptest! {
         let mut halves = floats.clone();
         prop_assert!(halves.keep_half_copy());
         prop_assert!(floats.half().is_none());
-        let gens: Vec<HeadKv> = (0..branches)
-            .map(|_| {
-                HeadKv::from_rows(
-                    d,
-                    &lcg_values(&mut seed, generated * d),
-                    &lcg_values(&mut seed, generated * d),
-                )
-            })
-            .collect();
-        let queries: Vec<Vec<f32>> = (0..branches).map(|_| lcg_values(&mut seed, g * d)).collect();
+        let (gens, queries) = branch_data(&mut seed, branches, (generated, d, g));
         let qs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
         let gs: Vec<&HeadKv> = gens.iter().collect();
         let pass = |prompt: &HeadKv, split: bool| {
