@@ -12,7 +12,7 @@
 //! way gives the same bits (the conformance tests compare them through `set_simd`).
 
 use crate::cache::HeadKv;
-use crate::kernels::column_blocks;
+use crate::kernels::{column_blocks, multiversion};
 #[cfg(target_arch = "x86_64")]
 use crate::lanes::Lanes;
 #[cfg(target_arch = "x86_64")]
@@ -64,8 +64,17 @@ pub(crate) fn logits(seg: &HeadKv, qs: &[f32], z: &mut [f32], stride: usize) {
             return;
         }
     }
-    let every: Vec<u32> = (0..d as u32).collect();
-    column_blocks(seg, &every, qs, (heads, stride), z, fma4, fma1);
+    portable_logits(seg, qs, (heads, stride), z);
+}
+
+multiversion! {
+    /// [`logits`] without the AVX-512 tiles: every column through [`column_blocks`],
+    /// built with FMA where the CPU has it (otherwise each `mul_add` is a call into
+    /// libm: on a Zen 1 EPYC those calls were 6% of a one-branch decode step).
+    fn portable_logits(seg: &HeadKv, qs: &[f32], shape: (usize, usize), z: &mut [f32]) {
+        let every: Vec<u32> = (0..seg.head_dim() as u32).collect();
+        column_blocks(seg, &every, qs, shape, z, fma4, fma1);
+    }
 }
 
 /// `y = fma(a, x, y)`: one component of each logit.

@@ -124,6 +124,12 @@ impl Q4Rows {
             unsafe { expand_avx512(nibbles, scales, out) };
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above, with AVX2 and FMA.
+            unsafe { expand_avx2(nibbles, scales, out) };
+            return;
+        }
         expand_generic(nibbles, scales, out)
     }
 
@@ -272,6 +278,63 @@ unsafe fn expand_avx512(nibbles: &[u8], scales: &[[f32; 2]], out: &mut [f32]) {
     }
 }
 
+/// [`expand_generic`] 8 weights at a time, for CPUs without AVX-512 (the scalar loop
+/// was a quarter of a one-branch decode step's time on a Zen 1 EPYC).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA, and the slices must hold the same number of blocks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn expand_avx2(nibbles: &[u8], scales: &[[f32; 2]], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(nibbles.len() == scales.len() * BLOCK / 2 && out.len() == scales.len() * BLOCK);
+    for (j, &[d, m]) in scales.iter().enumerate() {
+        // SAFETY: block `j` has 16 bytes at `16j` and 32 outputs at `32j` (asserted).
+        unsafe {
+            let values = block_values_avx2(
+                nibbles.as_ptr().add(j * BLOCK / 2),
+                _mm256_set1_ps(d),
+                _mm256_set1_ps(m),
+            );
+            let dst = out.as_mut_ptr().add(j * BLOCK);
+            for (e, v) in values.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(8 * e), v);
+            }
+        }
+    }
+}
+
+/// A block's 32 f32 values in four 8-lane registers, weights `8e..8e + 7` in register
+/// `e` (the low nibbles of bytes 0-7 and 8-15, then their high nibbles), `q * d + m`
+/// in one fused multiply-add as [`block_values`] computes it (the product is exact).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA, and `p` must point at the block's 16 bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn block_values_avx2(
+    p: *const u8,
+    d: std::arch::x86_64::__m256,
+    m: std::arch::x86_64::__m256,
+) -> [std::arch::x86_64::__m256; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract: bytes `p..p + 16` are readable.
+    let (first, second) = unsafe {
+        (
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)),
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(8) as *const __m128i)),
+        )
+    };
+    let low = _mm256_set1_epi32(0x0f);
+    let value = |q: __m256i| _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), d, m);
+    [
+        value(_mm256_and_si256(first, low)),
+        value(_mm256_and_si256(second, low)),
+        value(_mm256_srli_epi32::<4>(first)),
+        value(_mm256_srli_epi32::<4>(second)),
+    ]
+}
+
 /// A block's 16 bytes of nibbles, one byte per 32-bit lane.
 ///
 /// # Safety
@@ -369,6 +432,35 @@ impl Q4Rows {
     }
 }
 
+impl Q4Rows {
+    /// [`Q4Rows::expand32`] in 8-lane registers, for CPUs without AVX-512: the block of
+    /// row `r` from column `i`, weights `i + 8e..i + 8e + 7` in register `e`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `r < rows`, `i + 32 <= cols` and `i` is a
+    /// multiple of 32.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) unsafe fn expand32_avx2(
+        &self,
+        r: usize,
+        i: usize,
+    ) -> [std::arch::x86_64::__m256; 4] {
+        use std::arch::x86_64::*;
+        debug_assert!(r < self.rows && i + BLOCK <= self.cols && i.is_multiple_of(BLOCK));
+        let block = (r * self.cols + i) / BLOCK;
+        // SAFETY: block `block` lies in the matrix (the caller's contract).
+        unsafe {
+            let scale = self.scales.as_ptr().add(block).cast::<f32>();
+            block_values_avx2(
+                self.nibbles.as_ptr().add(block * BLOCK / 2),
+                _mm256_broadcast_ss(&*scale),
+                _mm256_broadcast_ss(&*scale.add(1)),
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -434,6 +526,26 @@ pub(crate) mod tests {
         for (i, ((g, s), w)) in got.iter().zip(&scalar).zip(&want).enumerate() {
             assert_eq!(g.to_bits(), w.to_bits(), "element {i}");
             assert_eq!(s.to_bits(), w.to_bits(), "element {i}, scalar");
+        }
+        // The AVX2 path too where the CPU has it, whichever path `expand_row` took.
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let mut avx2 = vec![f32::NAN; rows * cols];
+            for (r, row) in avx2.chunks_mut(cols).enumerate() {
+                let row_blocks = cols / BLOCK;
+                // SAFETY: AVX2 and FMA were just detected; the slices hold one row's
+                // blocks.
+                unsafe {
+                    expand_avx2(
+                        &q.nibbles[r * cols / 2..(r + 1) * cols / 2],
+                        &q.scales[r * row_blocks..(r + 1) * row_blocks],
+                        row,
+                    )
+                };
+            }
+            for (i, (a, w)) in avx2.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), w.to_bits(), "element {i}, AVX2");
+            }
         }
         // One changed weight is noticed.
         let mut off = want.clone();

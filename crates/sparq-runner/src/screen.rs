@@ -444,6 +444,23 @@ fn screen_rows(
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the kernels are compiled for were just detected.
+        unsafe {
+            match group {
+                1 => screen_avx2::<1, 4>(head, x, m, b0, rows, part),
+                2 => screen_avx2::<2, 2>(head, x, m, b0, rows, part),
+                3 => screen_avx2::<3, 2>(head, x, m, b0, rows, part),
+                4 => screen_avx2::<4, 2>(head, x, m, b0, rows, part),
+                5 => screen_avx2::<5, 1>(head, x, m, b0, rows, part),
+                6 => screen_avx2::<6, 1>(head, x, m, b0, rows, part),
+                7 => screen_avx2::<7, 1>(head, x, m, b0, rows, part),
+                _ => screen_avx2::<8, 1>(head, x, m, b0, rows, part),
+            }
+        }
+        return;
+    }
     let k = head.k;
     for (j, o) in rows.enumerate() {
         let codes = &head.codes[o * k..(o + 1) * k];
@@ -527,6 +544,76 @@ unsafe fn screen_avx512<const M: usize, const R: usize>(
             part[(o - first) * m + b0 + b] = finish(o, b, _mm512_reduce_add_ps(ab));
         }
         o += 1;
+    }
+}
+
+/// [`screen_avx512`] for CPUs with AVX2 but not AVX-512: 8 codes at a time, `M * R`
+/// accumulators of 8 lanes (at most 8 of AVX2's 16 registers). The bound holds for
+/// any order of the sums, so these need not match the AVX-512 kernel's bits. On a
+/// Zen 1 EPYC the scalar loop it replaces was a sixth of a one-branch decode step.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn screen_avx2<const M: usize, const R: usize>(
+    head: &ScreenedHead,
+    x: &[f32],
+    m: usize,
+    b0: usize,
+    rows: std::ops::Range<usize>,
+    part: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let k = head.k;
+    assert!(rows.end <= head.rows && b0 + M <= m && x.len() >= m * k);
+    assert!(part.len() >= rows.len() * m);
+    let full = k / 8 * 8;
+    let widen = |o: usize, i: usize| {
+        // SAFETY: `o < head.rows` and `i + 8 <= k` at every call below.
+        unsafe {
+            let bytes = _mm_loadl_epi64(head.codes.as_ptr().add(o * k + i) as *const __m128i);
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
+        }
+    };
+    // SAFETY: `b < M`, `b0 + M <= m` and `i + 8 <= k`, inside `x` (asserted above).
+    let input = |b: usize, i: usize| unsafe { _mm256_loadu_ps(x.as_ptr().add((b0 + b) * k + i)) };
+    let finish = |o: usize, b: usize, acc: __m256| -> f32 {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        let codes = &head.codes[o * k + full..(o + 1) * k];
+        let xb = &x[(b0 + b) * k + full..(b0 + b + 1) * k];
+        let tail: f32 = codes.iter().zip(xb).map(|(&c, &v)| c as f32 * v).sum();
+        head.scales[o] * (lanes.iter().sum::<f32>() + tail)
+    };
+    let first = rows.start;
+    let mut o = first;
+    while o < rows.end {
+        // The last group of a chunk may be short: its rows go one at a time.
+        let group = if o + R <= rows.end { R } else { 1 };
+        let mut acc = [[_mm256_setzero_ps(); M]; R];
+        let ahead = head.codes.as_ptr().wrapping_add((o + AHEAD * R) * k);
+        for i in (0..full).step_by(8) {
+            if i % 64 == 0 {
+                // The R lines the group AHEAD on reads over these 64 columns.
+                for line in 0..R {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(R * i + 64 * line));
+                }
+            }
+            for (r, a) in acc.iter_mut().enumerate().take(group) {
+                let wv = widen(o + r, i);
+                for (b, ab) in a.iter_mut().enumerate() {
+                    *ab = _mm256_fmadd_ps(wv, input(b, i), *ab);
+                }
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(group) {
+            for (b, &ab) in a.iter().enumerate() {
+                part[(o + r - first) * m + b0 + b] = finish(o + r, b, ab);
+            }
+        }
+        o += group;
     }
 }
 
