@@ -17,6 +17,13 @@ pub(crate) trait Lanes: Copy {
     #[cfg(target_arch = "x86_64")]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 
+    /// Elements `0..8` from `p`, for CPUs without AVX-512.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and F16C, and `p` must point to 8 readable elements.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
     /// The elements of `p` whose bits are set in `mask`, the other lanes zero.
     ///
     /// # Safety
@@ -41,6 +48,13 @@ impl Lanes for f32 {
 
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
     unsafe fn load16_masked(mask: u16, p: *const f32) -> std::arch::x86_64::__m512 {
         // SAFETY: the caller's contract.
         unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(mask, p) }
@@ -59,6 +73,14 @@ impl Lanes for f16 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's contract; 16 halves are 256 bits.
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract; 8 halves are 128 bits.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
     }
 
     #[cfg(target_arch = "x86_64")]

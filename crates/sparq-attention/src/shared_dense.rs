@@ -284,6 +284,18 @@ fn accumulate<T: Lanes>(
             _ => {}
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::simd_enabled()
+        && d.is_multiple_of(64)
+        && std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the features were just detected; `acc` holds `nb` heads of `d`, a
+        // multiple of 64, and `keep` the rows (asserted above).
+        unsafe { accumulate_avx2(&weight, rows, (acc, sums), nb, keep) };
+        return;
+    }
     let mut keep = keep;
     for (j, v) in rows.values[..rows.n * d].chunks_exact(d).enumerate() {
         if let Some(keep) = keep.as_deref_mut() {
@@ -298,6 +310,74 @@ fn accumulate<T: Lanes>(
                 *y = w.mul_add(x.to_f32(), *y);
             }
         }
+    }
+}
+
+/// [`accumulate`] for CPUs with AVX2 but not AVX-512: one head and 64 components at
+/// a time in 8 registers over all the rows (AVX2's 16 registers hold no more), each
+/// component's sum the same chain as the portable loop's, so the same bits. The
+/// portable loop loaded and stored the sums for every row: on a Zen 1 EPYC it was an
+/// eighth of an eight-branch decode step.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `acc` holds `nb` heads of `d`, a multiple of
+/// 64, `sums` `nb`, and `keep` (if any) the rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_avx2<T: Lanes>(
+    weight: &impl Fn(usize, usize) -> f32,
+    rows: ValueRows<'_, T>,
+    (acc, sums): (&mut [f32], &mut [f32]),
+    nb: usize,
+    keep: Option<&mut [f32]>,
+) {
+    use std::arch::x86_64::*;
+    let d = acc.len() / nb;
+    let values = rows.values;
+    assert!(d.is_multiple_of(64) && acc.len() == nb * d && sums.len() == nb);
+    assert!(values.len() >= rows.n * d);
+    if let Some(keep) = keep {
+        for (out, v) in keep
+            .chunks_exact_mut(d)
+            .zip(values.chunks_exact(d))
+            .take(rows.n)
+        {
+            for (y, x) in out.iter_mut().zip(v) {
+                *y = x.to_f32();
+            }
+        }
+    }
+    for (k, (head, sum)) in acc.chunks_exact_mut(d).zip(sums.iter_mut()).enumerate() {
+        let mut total = *sum;
+        for c0 in (0..d).step_by(64) {
+            let at = head[c0..c0 + 64].as_mut_ptr();
+            // SAFETY (loads and stores of `at`): the head's components `c0..c0 + 64`.
+            let mut regs: [__m256; 8] = [_mm256_setzero_ps(); 8];
+            for (i, r) in regs.iter_mut().enumerate() {
+                *r = unsafe { _mm256_loadu_ps(at.add(8 * i)) };
+            }
+            for j in 0..rows.n {
+                if rows.prefetch && k == 0 && c0 == 0 {
+                    if let Some(ahead) = values.get((j + 16) * d..(j + 17) * d) {
+                        crate::kernels::prefetch(ahead);
+                    }
+                }
+                let w = weight(k, rows.first + j);
+                if c0 == 0 {
+                    total += w;
+                }
+                let wv = _mm256_set1_ps(w);
+                let row = values[j * d + c0..j * d + c0 + 64].as_ptr();
+                for (i, r) in regs.iter_mut().enumerate() {
+                    // SAFETY: the row's components `c0 + 8i..c0 + 8i + 8` (sliced above).
+                    *r = _mm256_fmadd_ps(wv, unsafe { T::load8(row.add(8 * i)) }, *r);
+                }
+            }
+            for (i, r) in regs.iter().enumerate() {
+                unsafe { _mm256_storeu_ps(at.add(8 * i), *r) };
+            }
+        }
+        *sum = total;
     }
 }
 
