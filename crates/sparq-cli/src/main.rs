@@ -29,9 +29,9 @@ pub struct ModelArgs {
     /// Numeric format of the weight matrices: f32 (exact; decode steps read a GGUF
     /// file's Q4_1 blocks, which hold exactly the same f32 values), f32-full (the same
     /// values read from full f32 matrices), bf16 (rounded weights) or q4 (f32, but one
-    /// branch's decode products factored per Q4_1 block, and keys and values stored as
-    /// 16-bit floats: rounded differently, faster; reports count 2 bytes per cached
-    /// element instead of 4).
+    /// branch's decode products factored per Q4_1 block on CPUs with AVX-512, and keys
+    /// and values stored as 16-bit floats: rounded differently, faster; reports count 2
+    /// bytes per cached element instead of 4).
     #[arg(long, default_value = "f32")]
     pub dtype: sparq_runner::WeightDtype,
 }

@@ -41,8 +41,9 @@ pub enum WeightRows<'a> {
     /// the f32 matrix's bit for bit.
     Q4(&'a Q4Rows),
     /// The same blocks, one branch's products factored per block
-    /// ([`Q4Rows::factored_products`]): rounded differently, faster. Several
-    /// branches' products are the exact ones.
+    /// ([`Q4Rows::factored_products`]) on CPUs where that is faster (see
+    /// [`factoring_pays`]): rounded differently. Several branches' products, and one
+    /// branch's elsewhere, are the exact ones.
     Q4Factored(&'a Q4Rows),
 }
 
@@ -137,8 +138,27 @@ fn products(x: &[f32], m: usize, w: WeightRows<'_>, k: usize, first: usize, dst:
                 dot_rows_bf16(&w[o * k..(o + 1) * k], x, k, d);
             }
         }
-        WeightRows::Q4Factored(w) if m == 1 => w.factored_products(x, first, dst),
+        WeightRows::Q4Factored(w) if m == 1 && factoring_pays() => {
+            w.factored_products(x, first, dst)
+        }
         WeightRows::Q4(w) | WeightRows::Q4Factored(w) => expanded_products(x, m, w, k, first, dst),
+    }
+}
+
+/// Whether one branch's products go faster factored per Q4_1 block than expanded
+/// exactly: with AVX-512, or without AVX2 (both kernels portable). With AVX2 alone
+/// the exact kernel has 8-lane code and the factored one has none: on a Zen 1 EPYC,
+/// `--dtype q4` decoded one branch at 18.9 tok/s factored and the exact f32 path at
+/// 41.6 (alternated, `docs/BENCHMARKS.md`).
+fn factoring_pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            || !(std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
     }
 }
 
