@@ -453,10 +453,13 @@ fn screen_rows(
                 2 => screen_avx2::<2, 2>(head, x, m, b0, rows, part),
                 3 => screen_avx2::<3, 2>(head, x, m, b0, rows, part),
                 4 => screen_avx2::<4, 2>(head, x, m, b0, rows, part),
-                5 => screen_avx2::<5, 1>(head, x, m, b0, rows, part),
-                6 => screen_avx2::<6, 1>(head, x, m, b0, rows, part),
-                7 => screen_avx2::<7, 1>(head, x, m, b0, rows, part),
-                _ => screen_avx2::<8, 1>(head, x, m, b0, rows, part),
+                // Four branches by two rows, twice, rather than all by one row: each
+                // widened code then serves four products instead of one load of an
+                // input per product.
+                _ => {
+                    screen_avx2::<4, 2>(head, x, m, b0, rows.clone(), part);
+                    return screen_rows(head, x, m, (b0 + 4, group - 4), rows, part);
+                }
             }
         }
         return;
