@@ -504,12 +504,7 @@ unsafe fn screen_avx512<const M: usize, const R: usize>(
     };
     // SAFETY: `b < M`, `b0 + M <= m` and `i + 16 <= k`, inside `x` (asserted above).
     let input = |b: usize, i: usize| unsafe { _mm512_loadu_ps(x.as_ptr().add((b0 + b) * k + i)) };
-    let finish = |o: usize, b: usize, sum: f32| -> f32 {
-        let codes = &head.codes[o * k + full..(o + 1) * k];
-        let xb = &x[(b0 + b) * k + full..(b0 + b + 1) * k];
-        let tail: f32 = codes.iter().zip(xb).map(|(&c, &v)| c as f32 * v).sum();
-        head.scales[o] * (sum + tail)
-    };
+    let finish = |o: usize, b: usize, sum: f32| head.logit(o, &x[(b0 + b) * k..], full, sum);
     let first = rows.start;
     let mut o = first;
     while o + R <= rows.end {
@@ -550,6 +545,23 @@ unsafe fn screen_avx512<const M: usize, const R: usize>(
     }
 }
 
+impl ScreenedHead {
+    /// Row `o`'s screened logit for the input row `x` (`k` long at least), given
+    /// `sum`, its codes' first `full` products: the rest added one by one, then the
+    /// row's scale applied.
+    #[inline(always)]
+    fn logit(&self, o: usize, x: &[f32], full: usize, sum: f32) -> f32 {
+        let k = self.k;
+        let codes = &self.codes[o * k + full..(o + 1) * k];
+        let tail: f32 = codes
+            .iter()
+            .zip(&x[full..k])
+            .map(|(&c, &v)| c as f32 * v)
+            .sum();
+        self.scales[o] * (sum + tail)
+    }
+}
+
 /// [`screen_avx512`] for CPUs with AVX2 but not AVX-512: 8 codes at a time, `M * R`
 /// accumulators of 8 lanes (at most 8 of AVX2's 16 registers). The bound holds for
 /// any order of the sums, so these need not match the AVX-512 kernel's bits. On a
@@ -585,10 +597,7 @@ unsafe fn screen_avx2<const M: usize, const R: usize>(
         let mut lanes = [0.0f32; 8];
         // SAFETY: `lanes` holds 8 floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-        let codes = &head.codes[o * k + full..(o + 1) * k];
-        let xb = &x[(b0 + b) * k + full..(b0 + b + 1) * k];
-        let tail: f32 = codes.iter().zip(xb).map(|(&c, &v)| c as f32 * v).sum();
-        head.scales[o] * (lanes.iter().sum::<f32>() + tail)
+        head.logit(o, &x[(b0 + b) * k..], full, lanes.iter().sum())
     };
     let first = rows.start;
     let mut o = first;
