@@ -21,7 +21,7 @@
 //! pass instead of 5,180 to 5,706 (`docs/BENCHMARKS.md`).
 
 use crate::cache::HeadKv;
-use crate::kernels::{exp, max, slots, Scratch};
+use crate::kernels::{exp, exp_block, max, slots, Scratch, EXP_BLOCK};
 use crate::lanes::Lanes;
 use crate::tiled_logits::logits;
 
@@ -109,7 +109,11 @@ pub(crate) fn all_logits(
 pub(crate) fn softmax_rows(z: &mut [f32], s: usize) {
     for row in z.chunks_exact_mut(s) {
         let m = max(row);
-        for x in row.iter_mut() {
+        let mut blocks = row.chunks_exact_mut(EXP_BLOCK);
+        for block in &mut blocks {
+            block.copy_from_slice(&exp_block(block, m));
+        }
+        for x in blocks.into_remainder() {
             *x = exp(*x - m);
         }
     }
